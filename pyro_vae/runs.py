@@ -1,0 +1,191 @@
+"""Run folders: train a VAE from a JSON-able configuration and write everything to one folder.
+
+A run folder holds ``config.json`` (data, model and training settings), ``history.csv``,
+``checkpoint.pt`` (weights, optimizer and RNG states; loaded with ``weights_only=True``) and
+the figures ``elbo.png``, ``reconstructions.png`` and ``samples.png``. :func:`load_run` rebuilds
+the trained VAE and its held-out data from such a folder.
+"""
+
+import copy
+import json
+import logging
+import os
+
+import torch
+
+from pyro_vae import storage
+from pyro_vae.data import binarize as _binarize
+from pyro_vae.data import load_data, load_mnist_10k, train_test_split
+from pyro_vae.training import fit
+from pyro_vae.vae import VAE
+
+__all__ = ["DEFAULT_CONFIG", "train_run", "load_run", "load_run_data", "resolve_likelihood"]
+
+log = logging.getLogger(__name__)
+
+#: settings of ``pyro-vae train`` when nothing is given
+DEFAULT_CONFIG = {
+    "data": {"source": "mnist10k", "binarize": True, "test_fraction": 0.1, "split_seed": 0},
+    "model": {"latent_dim": 50, "hidden": [400], "activation": "softplus",
+              "prior": "normal", "likelihood": "auto", "beta": 1.0},
+    "fit": {"objective": "trace", "num_particles": 1, "epochs": 100, "batch_size": 256,
+            "lr": 1e-3, "clip_norm": None, "lr_schedule": None, "kl_warmup": 0},
+    "seed": 0,
+}
+
+CONFIG_FILE = "config.json"
+HISTORY_FILE = "history.csv"
+CHECKPOINT_FILE = "checkpoint.pt"
+TEST_BINARIZE_SEED = 1234
+
+
+def load_run_data(data_config):
+    """Training and held-out data for a run.
+
+    ``source="mnist10k"`` follows the MNIST-10k protocol (first 9,000 test digits for training,
+    last 1,000 binarized once with seed 1234 for evaluation). Any other source goes through
+    :func:`pyro_vae.data.load_data` and is split with ``test_fraction`` and ``split_seed``; with
+    ``binarize`` the held-out part is binarized once with seed 1234 and the training part
+    dynamically during training.
+
+    :returns: ``(train_x, test_x, shape)``: tensors ``(N, D)`` and ``(M, D)``, and the image
+        shape or ``None``.
+    """
+    source = data_config["source"]
+    if source == "synthetic":
+        from pyro_vae.data import make_gaussian_mixture
+
+        mix = make_gaussian_mixture(n_samples=data_config.get("n_samples", 2000),
+                                    n_components=data_config.get("n_components", 3),
+                                    dim=data_config.get("dim", 2), seed=data_config.get("split_seed", 0))
+        x = torch.as_tensor(mix.x, dtype=torch.float32)
+        train_x, test_x = train_test_split(x, test_fraction=data_config.get("test_fraction", 0.1),
+                                           seed=data_config.get("split_seed", 0))[:2]
+        return train_x, test_x, None
+    if source == "mnist10k":
+        train_x, test_x, _, _ = load_mnist_10k(data_config.get("root"))
+        return train_x, test_x, (28, 28)
+    loaded = load_data(source, root=data_config.get("root"), download=data_config.get("download", False))
+    x = loaded.x
+    train_x, test_x = train_test_split(x, test_fraction=data_config.get("test_fraction", 0.1),
+                                       seed=data_config.get("split_seed", 0))[:2]
+    if data_config.get("binarize"):
+        test_x = _binarize(test_x, seed=TEST_BINARIZE_SEED)
+    return train_x, test_x, getattr(loaded, "shape", None)
+
+
+def resolve_likelihood(name, train_x, binarize):
+    """``"auto"``: Bernoulli for binary or binarized data, continuous Bernoulli for data in
+    [0, 1], otherwise a Gaussian with a learned scale per feature. Other names pass through."""
+    if name != "auto":
+        return name
+    if binarize or bool(((train_x == 0) | (train_x == 1)).all()):
+        return "bernoulli"
+    if train_x.min() >= 0 and train_x.max() <= 1:
+        return "continuous_bernoulli"
+    return "gaussian_feature"
+
+
+def _build_vae(config, train_x):
+    m = config["model"]
+    likelihood = resolve_likelihood(m["likelihood"], train_x, config["data"].get("binarize"))
+    return VAE(train_x.shape[1], m["latent_dim"], hidden=tuple(m["hidden"]), prior=m["prior"],
+               likelihood=likelihood, activation=m["activation"], beta=m["beta"],
+               seed=config.get("seed"))
+
+
+def _merge(base, override):
+    out = copy.deepcopy(base)
+    for key, value in (override or {}).items():
+        if isinstance(value, dict) and isinstance(out.get(key), dict):
+            out[key] = _merge(out[key], value)
+        else:
+            out[key] = value
+    return out
+
+
+def train_run(out_dir, config=None, *, resume=False, quiet=False, device=None):
+    """Train a VAE as described by ``config`` and write the run folder ``out_dir``.
+
+    :param str out_dir: the run folder (created if needed).
+    :param dict config: overrides of :data:`DEFAULT_CONFIG` (same nested layout).
+    :param bool resume: continue from ``out_dir/checkpoint.pt`` if it exists; the stored
+        configuration must match.
+    :param bool quiet: no progress bar.
+    :param device: device to train on (``None``: CPU, ``"auto"``: CUDA when present).
+    :returns: ``(vae, history)``.
+    """
+    config = _merge(DEFAULT_CONFIG, config)
+    os.makedirs(out_dir, exist_ok=True)
+    config_path = os.path.join(out_dir, CONFIG_FILE)
+    if resume and os.path.exists(config_path):
+        with open(config_path, encoding="utf-8") as f:
+            stored = json.load(f)
+        if stored != json.loads(json.dumps(config)):
+            raise ValueError(f"--resume: the settings differ from the ones stored in {config_path}; "
+                             "use the same settings or a new --out folder")
+    train_x, test_x, shape = load_run_data(config["data"])
+    fcfg = config["fit"]
+    vae = _build_vae(config, train_x)
+    storage.write_json(config_path, config)
+    history = fit(
+        vae, train_x, val_data=test_x, binarize=bool(config["data"].get("binarize")),
+        seed=config["seed"], device=device, resume=resume, quiet=quiet,
+        checkpoint=os.path.join(out_dir, CHECKPOINT_FILE),
+        history_path=os.path.join(out_dir, HISTORY_FILE), **fcfg,
+    )
+    write_run_figures(out_dir, vae, test_x, history, shape, seed=config["seed"])
+    return vae, history
+
+
+def write_run_figures(out_dir, vae, test_x, history, shape, seed=0):
+    """Write ``elbo.png``, ``reconstructions.png`` and ``samples.png`` into ``out_dir``."""
+    from pyro_vae import plots
+
+    storage.save_figure(plots.plot_history(history), os.path.join(out_dir, "elbo.png"))
+    test_x = test_x.to(vae.device)
+    if shape is not None:
+        x = test_x[:50]
+        rec = vae.reconstruct(x)
+        pairs = torch.stack([x, rec], 1).reshape(-1, x.shape[1])  # original, reconstruction
+        storage.save_figure(plots.plot_image_grid(pairs, shape, nrow=10,
+                                                  title="held-out data (odd) and reconstructions (even)"),
+                            os.path.join(out_dir, "reconstructions.png"))
+        storage.save_figure(plots.plot_image_grid(vae.sample(100, seed=seed), shape, nrow=10,
+                                                  title="samples (mean of p(x|z))"),
+                            os.path.join(out_dir, "samples.png"))
+    else:
+        rec = vae.reconstruct(test_x)
+        storage.save_figure(plots.plot_samples_2d(test_x, rec, title="held-out data and reconstructions"),
+                            os.path.join(out_dir, "reconstructions.png"))
+        samples = vae.sample(max(500, test_x.shape[0]), seed=seed, mean=False)
+        storage.save_figure(plots.plot_samples_2d(test_x, samples), os.path.join(out_dir, "samples.png"))
+
+
+def load_run(run_dir, device="cpu"):
+    """Rebuild a trained VAE from a run folder.
+
+    :param str run_dir: folder written by :func:`train_run` / ``pyro-vae train``.
+    :returns: ``(vae, config, test_x)`` -- the VAE with the checkpoint's weights (eval mode),
+        the run's configuration and its held-out data ``(M, D)``.
+    """
+    config_path = os.path.join(run_dir, CONFIG_FILE)
+    ck_path = os.path.join(run_dir, CHECKPOINT_FILE)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    for p in (config_path, ck_path):
+        if not os.path.isfile(p):
+            raise FileNotFoundError(f"{p} is missing; is {run_dir} a folder written by 'pyro-vae train'?")
+    with open(config_path, encoding="utf-8") as f:
+        try:
+            config = json.load(f)
+        except json.JSONDecodeError as e:
+            raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+    train_x, test_x, _ = load_run_data(config["data"])
+    vae = _build_vae(config, train_x)
+    ck = storage.load_checkpoint(ck_path, map_location=device)
+    best = ck.get("best") or {}
+    # with early stopping the best weights, not the last ones, are the trained model
+    vae.load_state_dict(best["state"] if best.get("state") is not None else ck["model"])
+    vae.to(device).eval()
+    return vae, config, test_x.to(device)

@@ -1,0 +1,476 @@
+import copy
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import pyro
+import pyro.distributions as dist
+from pyro import poutine
+from pyro.infer.importance import vectorized_importance_weights
+
+from pyro_vae.importance import ImportanceEstimate, log_likelihood, log_weights
+
+F64 = torch.float64
+
+
+# ----------------------------------------------------------------------------- linear-Gaussian model
+class LinearGaussian:
+    """p(z) = N(0, I_L), p(x|z) = N(W z + b, s^2 I_D): log p(x) = log N(x; b, W W^T + s^2 I) and
+    the posterior p(z|x) = N(S W^T (x - b) / s^2, S), S = (I + W^T W / s^2)^-1, are exact."""
+
+    def __init__(self, d=5, latent=3, sigma=0.5, seed=0):
+        g = torch.Generator().manual_seed(seed)
+        self.w = torch.randn(d, latent, generator=g, dtype=F64)
+        self.b = torch.randn(d, generator=g, dtype=F64)
+        self.sigma, self.d, self.latent = sigma, d, latent
+        self.post_cov = torch.linalg.inv(torch.eye(latent, dtype=F64) + self.w.T @ self.w / sigma ** 2)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.latent, dtype=F64), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.w.T + self.b, self.sigma).to_event(1), obs=x)
+
+    def post_loc(self, x):
+        return (x - self.b) @ self.w @ self.post_cov / self.sigma ** 2
+
+    def exact_guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.MultivariateNormal(self.post_loc(x), covariance_matrix=self.post_cov))
+
+    def perturbed_guide(self, x, shift=0.3, stretch=1.5):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(self.post_loc(x) + shift,
+                                         stretch * self.post_cov.diagonal().sqrt()).to_event(1))
+
+    def log_px(self, x):
+        cov = self.w @ self.w.T + self.sigma ** 2 * torch.eye(self.d, dtype=F64)
+        return dist.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def sample(self, n, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.latent, generator=g, dtype=F64)
+        return z @ self.w.T + self.b + self.sigma * torch.randn(n, self.d, generator=g, dtype=F64)
+
+
+@pytest.fixture
+def lg():
+    return LinearGaussian()
+
+
+# ----------------------------------------------------------------------------- exactness
+def test_exact_guide_gives_exact_log_px_with_one_sample(lg):
+    x = lg.sample(40)
+    truth = lg.log_px(x)
+    for seed in (0, 1, 2):  # zero variance: every seed gives the truth
+        est = log_likelihood(lg.model, lg.exact_guide, x, num_samples=1, seed=seed)
+        assert isinstance(est, ImportanceEstimate)
+        assert est.per_datapoint.shape == (40,)
+        assert torch.allclose(est.per_datapoint, truth, atol=1e-10, rtol=0)
+        assert torch.allclose(est.elbo, truth, atol=1e-10, rtol=0)
+        assert torch.isnan(est.mc_stderr).all()  # no variance estimate from one sample
+    est = log_likelihood(lg.model, lg.exact_guide, x, num_samples=20, seed=0, particle_batch_size=7)
+    assert torch.allclose(est.per_datapoint, truth, atol=1e-10, rtol=0)
+    assert torch.allclose(est.ess, torch.full_like(est.ess, 20.0), rtol=1e-9)
+    assert est.mc_stderr.abs().max() < 1e-6
+
+
+def test_perturbed_guide_bias_shrinks_with_k_and_large_k_is_within_3_stderr(lg):
+    x = lg.sample(50)
+    truth = lg.log_px(x)
+    biases = []
+    for k in (1, 10, 100, 1000):
+        est = log_likelihood(lg.model, lg.perturbed_guide, x, num_samples=k, seed=k)
+        biases.append(float((est.per_datapoint - truth).mean()))
+    assert biases[0] < -1.0  # a poor guide: one sample is far below
+    assert all(b < 0 for b in biases[:3])
+    assert all(abs(b2) < abs(b1) for b1, b2 in zip(biases, biases[1:]))
+    est = log_likelihood(lg.model, lg.perturbed_guide, x, num_samples=20000, seed=5)
+    err = est.per_datapoint - truth
+    assert abs(float(err.mean())) < 3 * est.mean_mc_stderr
+    # the per-datapoint Monte Carlo standard errors are calibrated
+    assert float((err.abs() < 3 * est.mc_stderr).double().mean()) >= 0.9
+    assert 0 < float(est.ess.min()) and float(est.ess.max()) < 20000
+
+
+def test_estimate_is_at_least_the_elbo(lg):
+    x = lg.sample(30)
+    truth = lg.log_px(x)
+    # per datapoint and per run, by Jensen's inequality for the same samples
+    est = log_likelihood(lg.model, lg.perturbed_guide, x, num_samples=50, seed=0)
+    assert (est.per_datapoint >= est.elbo).all()
+    # on average over runs: E[log p^_K] increases with K towards log p(x); the ELBO is E[log p^_1]
+    means = {}
+    for k in (1, 5, 50):
+        runs = [log_likelihood(lg.model, lg.perturbed_guide, x, num_samples=k, seed=s).per_datapoint
+                for s in range(20)]
+        means[k] = float(torch.stack(runs).mean())
+    assert means[1] < means[5] < means[50] < float(truth.mean())
+
+
+def test_elbo_field_matches_analytic_elbo(lg):
+    # ELBO = log p(x) - KL(q(z|x) || p(z|x)), both Gaussian
+    x = lg.sample(20)
+    est = log_likelihood(lg.model, lg.perturbed_guide, x, num_samples=4000, seed=0)
+    loc = lg.post_loc(x) + 0.3
+    q = dist.Normal(loc, 1.5 * lg.post_cov.diagonal().sqrt()).to_event(1)
+    q_mvn = dist.MultivariateNormal(loc, covariance_matrix=torch.diag_embed(q.base_dist.scale ** 2))
+    post = dist.MultivariateNormal(lg.post_loc(x), covariance_matrix=lg.post_cov)
+    analytic = lg.log_px(x) - torch.distributions.kl_divergence(q_mvn, post)
+    assert torch.allclose(est.elbo, analytic, atol=0.15)
+    assert abs(float((est.elbo - analytic).mean())) < 0.03
+
+
+def test_per_datapoint_estimate_differs_from_pyro_joint_estimate(lg):
+    x = lg.sample(100)
+    truth = float(lg.log_px(x).mean())
+    k = 200
+    pyro.set_rng_seed(3)
+    joint_logw = vectorized_importance_weights(lg.model, lg.perturbed_guide, x, num_samples=k,
+                                               max_plate_nesting=1)[0]
+    pyro.set_rng_seed(3)
+    logw = log_weights(lg.model, lg.perturbed_guide, x, k)
+    assert logw.shape == (k, 100)
+    # same samples: Pyro's joint weight is the product of the per-datapoint weights
+    assert torch.allclose(logw.sum(-1), joint_logw, rtol=1e-10)
+    joint = float((torch.logsumexp(joint_logw, 0) - math.log(k)) / x.shape[0])
+    est = log_likelihood(lg.model, lg.perturbed_guide, x, num_samples=k, seed=3)
+    assert torch.allclose(est.per_datapoint, torch.logsumexp(logw, 0) - math.log(k), rtol=1e-12)
+    # the joint estimate over 100 datapoints is far looser than the per-datapoint one
+    assert abs(est.mean - truth) < 0.1
+    assert joint < truth - 1.0
+    assert abs(est.mean - truth) < abs(joint - truth) / 10
+
+
+# ----------------------------------------------------------------------------- chunking and bookkeeping
+def test_chunked_accumulation_matches_naive_computation(lg):
+    """Record every sample drawn and recompute the estimates from the full (K, N) matrix."""
+    x = lg.sample(23)
+    recorded = []
+
+    def guide(x_chunk):
+        with pyro.plate("data", x_chunk.shape[0]):
+            z = pyro.sample("z", dist.Normal(lg.post_loc(x_chunk) + 0.3, 0.4).to_event(1))
+        recorded.append((x_chunk, z))
+
+    est = log_likelihood(lg.model, guide, x, num_samples=50, particle_batch_size=7, data_batch_size=10,
+                         seed=0)
+    assert [tuple(z.shape[:2]) for _, z in recorded][:8] == [(7, 10)] * 7 + [(1, 10)]
+    rows = []
+    for x_chunk, z in recorded:
+        logp = (dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1).log_prob(z)
+                + dist.Normal(z @ lg.w.T + lg.b, lg.sigma).to_event(1).log_prob(x_chunk))
+        logq = dist.Normal(lg.post_loc(x_chunk) + 0.3, 0.4).to_event(1).log_prob(z)
+        rows.append((x_chunk, logp - logq))
+    # group particle chunks by data chunk (data chunks come in order)
+    per_chunk = {}
+    for x_chunk, lw in rows:
+        per_chunk.setdefault(x_chunk.data_ptr(), []).append(lw)
+    logw = torch.cat([torch.cat(v, 0) for v in per_chunk.values()], 1)  # (K, N)
+    assert logw.shape == (50, 23)
+    naive = torch.logsumexp(logw, 0) - math.log(50)
+    w = torch.softmax(logw, 0)
+    assert torch.allclose(est.per_datapoint, naive, rtol=1e-12)
+    assert torch.allclose(est.elbo, logw.mean(0), rtol=1e-12)
+    assert torch.allclose(est.ess, 1.0 / (w ** 2).sum(0), rtol=1e-9)
+    wn = torch.exp(logw - logw.max(0).values)
+    rel = wn.std(0, unbiased=True) / wn.mean(0) / math.sqrt(50)
+    assert torch.allclose(est.mc_stderr, rel, rtol=1e-9)
+
+
+def test_summary_statistics_and_frame(lg):
+    x = lg.sample(30)
+    est = log_likelihood(lg.model, lg.perturbed_guide, x, num_samples=100, seed=0)
+    v = est.per_datapoint
+    assert est.mean == pytest.approx(float(v.mean()))
+    assert est.stderr == pytest.approx(float(v.std(unbiased=True)) / math.sqrt(30))
+    assert est.mean_mc_stderr == pytest.approx(float(est.mc_stderr.pow(2).sum().sqrt()) / 30)
+    df = est.to_frame()
+    assert list(df.columns) == ["log_px", "elbo", "gap", "ess", "mc_stderr"]
+    assert len(df) == 30
+    assert df["gap"].to_numpy() == pytest.approx((v - est.elbo).numpy())
+    d = est.to_dict()
+    assert d["num_samples"] == 100 and d["num_datapoints"] == 30 and d["mean"] == est.mean
+    assert "log p(x)" in str(est)
+
+
+def test_seed_reproducible_and_global_rng_restored(lg):
+    x = lg.sample(10)
+    state = torch.get_rng_state()
+    a = log_likelihood(lg.model, lg.perturbed_guide, x, num_samples=30, seed=4)
+    assert torch.equal(torch.get_rng_state(), state)
+    b = log_likelihood(lg.model, lg.perturbed_guide, x, num_samples=30, seed=4)
+    c = log_likelihood(lg.model, lg.perturbed_guide, x, num_samples=30, seed=5)
+    assert torch.equal(a.per_datapoint, b.per_datapoint)
+    assert not torch.equal(a.per_datapoint, c.per_datapoint)
+
+
+def test_scales_from_num_data_and_beta_are_ignored(lg):
+    """Subsampling scale and a KL weight must not change log p(x)."""
+    x = lg.sample(10)
+
+    def model(x, num_data=None, beta=1.0):
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=7.0 if num_data else 1.0):
+            with poutine.scale(scale=beta):
+                z = pyro.sample("z", dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ lg.w.T + lg.b, lg.sigma).to_event(1), obs=x)
+
+    def guide(x, num_data=None, beta=1.0):
+        with pyro.plate("data", x.shape[0]), poutine.scale(scale=beta):
+            pyro.sample("z", dist.MultivariateNormal(lg.post_loc(x), covariance_matrix=lg.post_cov))
+
+    est = log_likelihood(model, guide, x, num_samples=3, seed=0,
+                         model_kwargs={"num_data": 70, "beta": 0.25})
+    assert torch.allclose(est.per_datapoint, lg.log_px(x), atol=1e-10)
+
+
+def test_mask_is_applied(lg):
+    """Masked-out observations drop out of the likelihood: with every feature masked except the
+    first two, log p(x) is the marginal of those two features."""
+    x = lg.sample(8)
+    keep = torch.tensor([True, True, False, False, False])
+
+    def model(x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1))
+            with pyro.plate("features", lg.d), poutine.mask(mask=keep):
+                pyro.sample("x", dist.Normal(z @ lg.w.T + lg.b, lg.sigma), obs=x)
+
+    def prior_guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1))
+
+    w2, b2 = lg.w[:2], lg.b[:2]
+    truth = dist.MultivariateNormal(b2, w2 @ w2.T + lg.sigma ** 2 * torch.eye(2, dtype=F64)).log_prob(x[:, :2])
+    est = log_likelihood(model, prior_guide, x, num_samples=20000, seed=0, max_plate_nesting=2)
+    assert torch.allclose(est.per_datapoint, truth, atol=4 * float(est.mc_stderr.max()) + 1e-3)
+
+
+def test_nested_plates_and_inferred_plate_nesting(lg):
+    """A model with the data plate at dim -2 and a feature plate at dim -1 (summed)."""
+    x = lg.sample(12)
+
+    def model(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            z = pyro.sample("z", dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1).expand([x.shape[0], 1]))
+            with pyro.plate("features", lg.d, dim=-1):
+                pyro.sample("x", dist.Normal((z @ lg.w.T).squeeze(-2) + lg.b, lg.sigma).unsqueeze(-2)
+                            if False else dist.Normal(z @ lg.w.T + lg.b, lg.sigma), obs=x.unsqueeze(-2)
+                            if False else x.unsqueeze(-2).unsqueeze(-2).squeeze(-2))
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0], dim=-2):
+            loc = lg.post_loc(x).unsqueeze(-2)  # (N, 1, L)
+            pyro.sample("z", dist.MultivariateNormal(loc, covariance_matrix=lg.post_cov))
+
+    for mpn in (2, None):
+        est = log_likelihood(model, guide, x, num_samples=2, seed=0, max_plate_nesting=mpn)
+        assert torch.allclose(est.per_datapoint, lg.log_px(x), atol=1e-10)
+    with pytest.raises(ValueError, match="max_plate_nesting"):
+        log_likelihood(model, guide, x, num_samples=2, max_plate_nesting=1)
+
+
+# ----------------------------------------------------------------------------- discrete latents
+class TinyMixture:
+    """A 1-D Gaussian mixture with a discrete assignment z and its exact posterior as guide."""
+
+    weights = torch.tensor([0.2, 0.5, 0.3], dtype=F64)
+    means = torch.tensor([-2.0, 0.5, 3.0], dtype=F64)
+    scales = torch.tensor([0.7, 1.0, 0.5], dtype=F64)
+
+    def joint(self, x):  # (N, C)
+        return self.weights.log() + dist.Normal(self.means, self.scales).log_prob(x)
+
+    def model(self, x):
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Categorical(self.weights))
+            pyro.sample("x", dist.Normal(self.means[z], self.scales[z]), obs=x[:, 0])
+
+    def guide(self, x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Categorical(logits=self.joint(x)))
+
+
+def test_discrete_latent_with_exact_posterior_is_exact():
+    gm = TinyMixture()
+    x = torch.linspace(-4, 5, 25, dtype=F64).unsqueeze(-1)
+    truth = torch.logsumexp(gm.joint(x), -1)
+    for seed in (0, 1):
+        est = log_likelihood(gm.model, gm.guide, x, num_samples=1, seed=seed)
+        assert torch.allclose(est.per_datapoint, truth, atol=1e-12)
+    est = log_likelihood(gm.model, gm.guide, x, num_samples=64, seed=0)
+    assert torch.allclose(est.per_datapoint, truth, atol=1e-12)
+    assert est.mc_stderr.max() < 1e-6
+
+
+def test_em_gaussian_mixture_exact_posterior_gives_score_samples():
+    em = pytest.importorskip("pyro_vae.em", reason="pyro_vae.em is not written yet")
+    if not hasattr(em.GaussianMixture, "model"):
+        pytest.fail("pyro_vae.em.GaussianMixture has no model()/guide() for the importance estimator")
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(60, 2, generator=g) - 3, torch.randn(60, 2, generator=g) + 3]).double()
+    gm = em.GaussianMixture(n_components=2, covariance_type="full", random_state=0).fit(x)
+    truth = torch.as_tensor(gm.score_samples(x), dtype=F64)
+    for k in (1, 16):
+        est = log_likelihood(gm.model, gm.guide, x, num_samples=k, seed=1)
+        assert torch.allclose(est.per_datapoint.double(), truth, atol=1e-5)
+
+
+# ----------------------------------------------------------------------------- log_weights / IWAE
+def test_log_weights_are_differentiable_and_agree_with_estimator(lg):
+    x = lg.sample(15)
+    shift = torch.tensor(0.5, dtype=F64, requires_grad=True)
+
+    def guide(x):
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(lg.post_loc(x) + shift, 0.5).to_event(1))
+
+    pyro.set_rng_seed(11)
+    logw = log_weights(lg.model, guide, x, 64)
+    bound = (torch.logsumexp(logw, 0) - math.log(64)).sum()
+    bound.backward()
+    assert shift.grad is not None and float(shift.grad) < 0  # the bound improves by moving the shift to 0
+    est = log_likelihood(lg.model, guide, x, num_samples=64, seed=11)
+    assert torch.allclose(est.per_datapoint, torch.logsumexp(logw.detach(), 0) - math.log(64), rtol=1e-12)
+
+
+def test_iwae_training_objective_agrees_with_estimator():
+    """fit(objective="iwae") records as train ELBO of one full-batch step the IWAE bound at the
+    initial weights; with the same seed and the same samples it equals the mean of log_likelihood."""
+    from pyro_vae.training import fit
+    from pyro_vae.vae import VAE
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((20, 12), 0.3), generator=g)
+    vae = VAE(12, latent_dim=3, hidden=(8,), seed=0)
+    initial = copy.deepcopy(vae)
+    k, seed = 7, 3
+    history = fit(vae, x, epochs=1, batch_size=20, objective="iwae", num_particles=k, seed=seed, quiet=True)
+    perm = torch.randperm(20, generator=torch.Generator().manual_seed(seed))  # fit's shuffling
+    est = log_likelihood(initial.model, initial.guide, x[perm], num_samples=k, seed=seed,
+                         particle_batch_size=k, data_batch_size=20)
+    assert history["train_elbo"].iloc[0] == pytest.approx(est.mean, rel=1e-6)
+
+
+# ----------------------------------------------------------------------------- validation
+def test_models_that_cannot_be_estimated_per_datapoint_are_refused(lg):
+    x = lg.sample(5)
+
+    def global_model(x):
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("x", dist.Normal(w, 1.0).expand([x.shape[0], lg.d]).to_event(1), obs=x)
+
+    def global_guide(x):
+        pyro.sample("w", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="not inside"):
+        log_likelihood(global_model, global_guide, x, num_samples=2)
+
+    def empty_guide(x):
+        pass
+
+    with pytest.raises(ValueError, match="not sampled by the guide"):
+        log_likelihood(lg.model, empty_guide, x, num_samples=2)
+
+    def extra_guide(x):
+        lg.exact_guide(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("u", dist.Normal(0.0, 1.0))
+
+    with pytest.raises(ValueError, match="does not have"):
+        log_likelihood(lg.model, extra_guide, x, num_samples=2)
+
+    def subsampled_model(x):
+        with pyro.plate("data", x.shape[0], subsample_size=2) as idx:
+            z = pyro.sample("z", dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ lg.w.T + lg.b, lg.sigma).to_event(1), obs=x[idx])
+
+    def subsampled_guide(x):
+        with pyro.plate("data", x.shape[0], subsample_size=2):
+            pyro.sample("z", dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1))
+
+    with pytest.raises(ValueError, match="subsampling"):
+        log_likelihood(subsampled_model, subsampled_guide, x, num_samples=2)
+
+
+def test_bad_arguments(lg):
+    x = lg.sample(5)
+    with pytest.raises(ValueError, match="num_samples"):
+        log_likelihood(lg.model, lg.exact_guide, x, num_samples=0)
+    with pytest.raises(TypeError, match="num_samples"):
+        log_likelihood(lg.model, lg.exact_guide, x, num_samples=2.5)
+    with pytest.raises(TypeError, match="torch.Tensor"):
+        log_likelihood(lg.model, lg.exact_guide, x.tolist())
+    with pytest.raises(ValueError, match="at least one datapoint"):
+        log_likelihood(lg.model, lg.exact_guide, x[:0])
+    with pytest.raises(TypeError, match="callable"):
+        log_likelihood("model", lg.exact_guide, x)
+    with pytest.raises(ValueError, match="particle_batch_size"):
+        log_likelihood(lg.model, lg.exact_guide, x, particle_batch_size=0)
+    with pytest.raises(ValueError, match="max_plate_nesting"):
+        log_likelihood(lg.model, lg.exact_guide, x, max_plate_nesting=0)
+    with pytest.raises(TypeError, match="model_kwargs"):
+        log_likelihood(lg.model, lg.exact_guide, x, model_kwargs=[1])
+    with pytest.raises(TypeError, match="seed"):
+        log_likelihood(lg.model, lg.exact_guide, x, seed="1")
+
+
+def test_nan_log_weights_are_reported(lg):
+    x = lg.sample(4)
+    x[2, 0] = float("nan")
+    pyro.enable_validation(False)
+    try:
+        with pytest.raises(ValueError, match=r"NaN for datapoints \[2\]"):
+            log_likelihood(lg.model, lg.exact_guide, x, num_samples=2)
+    finally:
+        pyro.enable_validation(True)
+
+
+# ----------------------------------------------------------------------------- the library's VAE
+class _Net(nn.Module):
+    def __init__(self, d, latent):
+        super().__init__()
+        self.enc = nn.Linear(d, 2 * latent)
+        self.dec = nn.Linear(latent, d)
+
+
+def test_param_store_is_left_as_it_was(lg):
+    """pyro.module registrations made during estimation are removed; existing params stay."""
+    net = _Net(5, 3).double()
+    x = lg.sample(6)
+    pyro.param("existing", torch.ones(2))
+
+    def model(x):
+        pyro.module("net", net)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(net.dec(z), 1.0).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("net", net)
+        loc, log_scale = net.enc(x).chunk(2, -1)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+    est = log_likelihood(model, guide, x, num_samples=10, seed=0)
+    assert torch.isfinite(est.per_datapoint).all()
+    assert list(pyro.get_param_store().keys()) == ["existing"]
+    assert all(p.grad is None for p in net.parameters())
+
+
+def test_library_vae_estimate_sits_between_elbo_and_finite():
+    from pyro_vae.vae import VAE
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((30, 20), 0.4), generator=g)
+    vae = VAE(20, latent_dim=4, hidden=(16,), seed=0)
+    est = log_likelihood(vae.model, vae.guide, x, num_samples=500, seed=0)
+    assert torch.isfinite(est.per_datapoint).all()
+    assert (est.per_datapoint >= est.elbo).all()
+    assert est.per_datapoint.max() < 0  # a probability of binary data
+    # a KL weight does not change the estimate
+    vae.beta = 0.1
+    est2 = log_likelihood(vae.model, vae.guide, x, num_samples=500, seed=0)
+    assert torch.allclose(est.per_datapoint, est2.per_datapoint)
