@@ -52,8 +52,10 @@ def inference_gaps(vae, x, num_samples=1000, *, steps=500, lr=0.01, num_particle
     it was, and the VAE's train/eval mode is restored afterwards (it is evaluated in eval mode).
 
     Works for any object with ``model(x)``, ``guide(x)``, ``encode(x) -> (loc, scale)`` and a
-    latent site ``"z"`` of event shape ``(L,)`` inside ``pyro.plate("data")``, such as
-    :class:`pyro_vae.VAE`.
+    latent site ``"z"`` of event shape ``(L,)`` inside ``pyro.plate("data")`` at dim -1 (the
+    only plate), such as :class:`pyro_vae.VAE`; ``guide`` should be the diagonal Gaussian
+    ``Normal(*encode(x))``, which also enters the mixture proposal of log p(x). All ELBOs are
+    plain ELBOs: a KL weight (``beta``) of the VAE is ignored.
 
     :param vae: the trained model.
     :param torch.Tensor x: data, shape ``(N, D)``.

@@ -35,6 +35,7 @@ Log-probabilities are computed *unscaled*, ``site["fn"].log_prob(site["value"])`
 
 import contextlib
 import math
+import sys
 from dataclasses import dataclass
 
 import torch
@@ -49,9 +50,10 @@ __all__ = ["log_likelihood", "log_weights", "ImportanceEstimate"]
 PARTICLE_PLATE = "_pyro_vae_particles"
 #: name of the plate the datapoints live in
 DATA_PLATE = "data"
-#: elements of one particle chunk (particles x datapoints x features) when not chosen
-_DEFAULT_CHUNK_ELEMENTS = 2 ** 24
-_DEFAULT_DATA_BATCH = 1000
+#: default size of one vectorized pass: at most this many (particle, datapoint) pairs ...
+_CHUNK_PAIRS = 2 ** 15
+#: ... and at most this many numbers of data size (pairs x features)
+_CHUNK_ELEMENTS = 2 ** 24
 
 
 @dataclass
@@ -64,9 +66,11 @@ class ImportanceEstimate:
     :ivar torch.Tensor ess: effective sample size (sum_k w_ik)^2 / sum_k w_ik^2, shape ``(N,)``;
         between 1 and K, equal to K when all weights are equal (guide = posterior).
     :ivar torch.Tensor mc_stderr: Monte Carlo standard error of each ``per_datapoint`` value by the
-        delta method: the standard deviation of the weights over their mean (sample standard
-        deviation, ddof=1), divided by sqrt(K), i.e. the relative standard error of p^(x_i),
-        ``sqrt((K / ess - 1) / (K - 1))``; shape ``(N,)``. NaN when K = 1.
+        delta method: the relative standard error of p^(x_i), i.e. the sample standard deviation
+        (ddof=1) of the K weights divided by their mean and by sqrt(K), which equals
+        ``sqrt((K / ess - 1) / (K - 1))``; shape ``(N,)``. NaN when K = 1. It describes the
+        spread of log p^, not its downward bias (E[log p^] <= log p(x)): when ``ess`` is small
+        compared with K the estimate may still be far from converged.
     :ivar int num_samples: K, the number of importance samples per datapoint.
     """
 
@@ -153,7 +157,9 @@ def log_weights(model, guide, x, num_particles, *, model_args=(), model_kwargs=N
     sites (e.g. a Normal guide), so ``logsumexp(w, 0) - log K`` averaged over datapoints is the
     importance-weighted (IWAE) bound; non-reparameterizable guide sites contribute no
     score-function term. :func:`log_likelihood` is built on this function: with the same seed,
-    one particle chunk and one data chunk, both see the same samples.
+    one particle chunk and one data chunk, both see the same samples. Like any Pyro training
+    step (and unlike :func:`log_likelihood`), parameters the programs register with
+    ``pyro.param`` / ``pyro.module`` stay in Pyro's param store.
 
     :param callable model: Pyro model ``model(x, *model_args, **model_kwargs)``.
     :param callable guide: Pyro guide with the same signature.
@@ -170,40 +176,43 @@ def log_weights(model, guide, x, num_particles, *, model_args=(), model_kwargs=N
     x = _check_data(x)
     num_particles = _check_positive_int(num_particles, "num_particles")
     model_args, model_kwargs = _check_args(model_args, model_kwargs)
-    with _param_store_guard():
-        if max_plate_nesting is None:
-            max_plate_nesting = _infer_max_plate_nesting(model, guide, x, model_args, model_kwargs)
-        max_plate_nesting = _check_plate_nesting(max_plate_nesting)
-        return _log_weights(model, guide, x, num_particles, model_args, model_kwargs,
-                            max_plate_nesting)
+    if max_plate_nesting is None:
+        max_plate_nesting = _infer_max_plate_nesting(model, guide, x, model_args, model_kwargs)
+    max_plate_nesting = _check_plate_nesting(max_plate_nesting)
+    return _log_weights(model, guide, x, num_particles, model_args, model_kwargs, max_plate_nesting)
 
 
 def log_likelihood(model, guide, data, num_samples=1000, *, particle_batch_size=None,
                    data_batch_size=None, seed=None, model_args=(), model_kwargs=None,
-                   max_plate_nesting=1):
+                   max_plate_nesting=1, progress=False):
     """Estimate log p(x_i) of every datapoint by importance sampling with the guide as proposal.
 
     Particles are drawn ``particle_batch_size`` at a time for ``data_batch_size`` datapoints at
     a time; a running log-sum-exp over particle chunks keeps memory bounded whatever K is. The
-    model and guide are called without ``num_data`` (no subsampling scale) and their
-    log-probabilities are used unscaled, so a KL weight (beta) or a dataset size used in training
-    does not change the estimate. No gradients are recorded. Parameters that the model or guide
-    register in Pyro's param store during the call (``pyro.module``) are removed again afterwards.
+    model and guide are called with ``model_args`` / ``model_kwargs`` only (so without a
+    ``num_data`` unless given there) and their log-probabilities are used unscaled, so a KL
+    weight (beta) or a dataset size used in training does not change the estimate. No gradients
+    are recorded. Parameters that the model or guide register in Pyro's param store during the
+    call (``pyro.module``) are removed again afterwards.
+    Distribution argument checks (Pyro's validation, when enabled) run on the first chunk only;
+    NaN log-weights are reported for every chunk.
 
     :param callable model: Pyro model ``model(x, *model_args, **model_kwargs)`` whose
         datapoints live in ``pyro.plate("data")`` (see the module documentation).
     :param callable guide: Pyro guide with the same signature: the proposal q(z|x).
     :param torch.Tensor data: data, shape ``(N, ...)``, datapoints along dim 0.
     :param int num_samples: K, importance samples per datapoint.
-    :param int particle_batch_size: particles per vectorized pass (default: as many as keep
-        particles x datapoints x features below 2**24 elements).
-    :param int data_batch_size: datapoints per pass (default: min(N, 1000)).
+    :param int particle_batch_size: particles per vectorized pass.
+    :param int data_batch_size: datapoints per pass. By default a pass holds at most 2**15
+        (particle, datapoint) pairs and 2**24 numbers of data size (pairs x features): as many
+        particles as fit, up to K, then as many datapoints as fit.
     :param int seed: seed of the samples (default: the global RNG); the global RNG state is
         restored afterwards when a seed is given.
     :param tuple model_args: further positional arguments of model and guide.
     :param dict model_kwargs: keyword arguments of model and guide.
     :param int max_plate_nesting: plate dimensions used by model and guide (1 when the
         ``"data"`` plate at dim -1 is the only one); ``None`` infers it from one run.
+    :param bool progress: show a tqdm progress bar (only when stderr is a terminal).
     :returns: :class:`ImportanceEstimate` with ``per_datapoint``, ``elbo``, ``ess`` and
         ``mc_stderr`` of shape ``(N,)``, and ``mean``, ``stderr``, ``to_frame()``.
     """
@@ -215,17 +224,17 @@ def log_likelihood(model, guide, data, num_samples=1000, *, particle_batch_size=
         raise TypeError(f"seed must be an integer or None, got {seed!r}")
     model_args, model_kwargs = _check_args(model_args, model_kwargs)
     n = data.shape[0]
-    if data_batch_size is None:
-        data_batch_size = min(n, _DEFAULT_DATA_BATCH)
-    data_batch_size = _check_positive_int(data_batch_size, "data_batch_size")
-    if particle_batch_size is None:
-        row = max(1, data[0].numel())
-        particle_batch_size = max(1, _DEFAULT_CHUNK_ELEMENTS // (min(n, data_batch_size) * row))
-    particle_batch_size = _check_positive_int(particle_batch_size, "particle_batch_size")
-    particle_batch_size = min(particle_batch_size, num_samples)
+    if particle_batch_size is not None:
+        particle_batch_size = _check_positive_int(particle_batch_size, "particle_batch_size")
+    if data_batch_size is not None:
+        data_batch_size = _check_positive_int(data_batch_size, "data_batch_size")
+    particle_batch_size, data_batch_size = _chunk_sizes(
+        num_samples, n, max(1, data[0].numel()), particle_batch_size, data_batch_size)
 
     log_px, elbo, ess = [], [], []
-    with torch.no_grad(), _param_store_guard(), _fork_rng(seed, data.device):
+    num_chunks = math.ceil(n / data_batch_size) * math.ceil(num_samples / particle_batch_size)
+    bar = _progress_bar(progress, num_chunks)
+    with torch.no_grad(), _param_store_guard(), _fork_rng(seed, data.device), bar as pbar:
         if max_plate_nesting is None:
             max_plate_nesting = _infer_max_plate_nesting(
                 model, guide, data[:data_batch_size], model_args, model_kwargs)
@@ -237,11 +246,15 @@ def log_likelihood(model, guide, data, num_samples=1000, *, particle_batch_size=
             total = torch.zeros_like(lse)
             for k0 in range(0, num_samples, particle_batch_size):
                 k = min(particle_batch_size, num_samples - k0)
-                logw = _log_weights(model, guide, xb, k, model_args, model_kwargs,
-                                    max_plate_nesting).double()
+                # argument checks of distributions (when enabled) run on the first chunk only
+                with _validation(start == 0 and k0 == 0):
+                    logw = _log_weights(model, guide, xb, k, model_args, model_kwargs,
+                                        max_plate_nesting).double()
                 lse = torch.logaddexp(lse, torch.logsumexp(logw, 0))
                 lse2 = torch.logaddexp(lse2, torch.logsumexp(2 * logw, 0))
                 total += logw.sum(0)
+                if pbar is not None:
+                    pbar.update(1)
             log_px.append(lse - math.log(num_samples))
             elbo.append(total / num_samples)
             ess.append(torch.exp(2 * lse - lse2))
@@ -265,9 +278,17 @@ def _log_weights(model, guide, x, num_particles, model_args, model_kwargs, max_p
                 return fn(*args, **kwargs)
         return run
 
-    guide_trace = poutine.trace(vectorized(guide)).get_trace(x, *model_args, **model_kwargs)
-    model_trace = poutine.trace(poutine.replay(vectorized(model), trace=guide_trace)).get_trace(
-        x, *model_args, **model_kwargs)
+    try:
+        guide_trace = poutine.trace(vectorized(guide)).get_trace(x, *model_args, **model_kwargs)
+        model_trace = poutine.trace(poutine.replay(vectorized(model), trace=guide_trace)).get_trace(
+            x, *model_args, **model_kwargs)
+    except ValueError as e:
+        if PARTICLE_PLATE in str(e) and "collide" in str(e):
+            raise ValueError(
+                f"a plate of the model or guide uses dim {particle_dim}, where the particles go with "
+                f"max_plate_nesting={max_plate_nesting}; pass the number of plate dimensions the "
+                "program uses as max_plate_nesting (or None to infer it)") from None
+        raise
 
     n = x.shape[0]
     shape = (num_particles, n)
@@ -292,6 +313,20 @@ def _log_weights(model, guide, x, num_particles, model_args, model_kwargs, max_p
         raise ValueError(f"the log-weights are NaN for datapoints {bad}; check that the data lie in "
                          "the support of the likelihood and that the guide's parameters are finite")
     return logw
+
+
+def _chunk_sizes(num_samples, n, row_size, particle_batch_size, data_batch_size):
+    """Particles and datapoints per pass: as many particles as fit (up to K), then as many
+    datapoints as fit, within the default budget; a size given by the user is kept."""
+    pairs = max(1, min(_CHUNK_PAIRS, _CHUNK_ELEMENTS // row_size))
+    if particle_batch_size is None:
+        other = data_batch_size if data_batch_size is not None else 1
+        particle_batch_size = max(1, pairs // min(other, n))
+    particle_batch_size = min(particle_batch_size, num_samples)
+    if data_batch_size is None:
+        data_batch_size = max(1, pairs // particle_batch_size)
+    data_batch_size = min(data_batch_size, n)
+    return particle_batch_size, data_batch_size
 
 
 def _sample_sites(trace):
@@ -367,6 +402,24 @@ def _param_store_guard():
     finally:
         for name in set(store.keys()) - before:
             del store[name]
+
+
+def _progress_bar(progress, total):
+    if not progress or not sys.stderr.isatty():
+        return contextlib.nullcontext()
+    from tqdm.auto import tqdm
+
+    return tqdm(total=total, desc="log p(x)", unit="chunk", leave=False)
+
+
+@contextlib.contextmanager
+def _validation(keep):
+    """Keep Pyro's validation setting (``keep=True``) or switch it off inside the block."""
+    if keep:
+        yield
+    else:
+        with pyro.validation_enabled(False):
+            yield
 
 
 @contextlib.contextmanager

@@ -53,8 +53,8 @@ MIN_SCALE = 1e-3
 class Likelihood(nn.Module):
     """Base class of the likelihoods p(x|z).
 
-    Subclasses set the class attribute :attr:`outputs_per_feature` and implement
-    :meth:`forward`, :meth:`mean` and :meth:`describe`; they may extend :meth:`validate_data`.
+    Subclasses set the class attribute :attr:`outputs_per_feature`, implement :meth:`forward`
+    and usually :meth:`mean` and :meth:`describe`; they may extend :meth:`validate_data`.
 
     :param int data_dim: size D of a datapoint.
     """
@@ -79,17 +79,21 @@ class Likelihood(nn.Module):
         raise NotImplementedError
 
     def mean(self, out):
-        """Mean of p(x|z), used for reconstructions and pictures.
+        """Mean of p(x|z), used for reconstructions and pictures (by default the ``.mean`` of
+        the distribution :meth:`forward` returns).
 
         :param torch.Tensor out: decoder output, shape ``(..., D * k)``.
         :returns: tensor of shape ``(..., D)``.
         """
-        raise NotImplementedError
+        return self(out).mean
 
     def describe(self):
         """:returns: a JSON-able dict, ``{"name": ..., **hyperparameters}``, that
-        :func:`make_likelihood` accepts to build the same likelihood (with fresh parameters)."""
-        raise NotImplementedError
+        :func:`make_likelihood` accepts to build the same likelihood (with fresh parameters).
+        Subclasses that do not override it describe themselves as a user likelihood, which
+        cannot be rebuilt by name."""
+        return {"name": "user", "data_dim": self.data_dim,
+                "outputs_per_feature": self.outputs_per_feature, "repr": type(self).__qualname__}
 
     def validate_data(self, x):
         """Check that data lie in the support of this likelihood.

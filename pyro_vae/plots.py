@@ -13,7 +13,8 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["plot_history", "plot_image_grid", "plot_samples_2d", "image_shape"]
+__all__ = ["plot_history", "plot_image_grid", "plot_samples_2d", "image_shape", "plot_method_comparison",
+           "plot_training_curves", "plot_mixture_2d"]
 
 
 def image_shape(data_dim):
@@ -86,3 +87,113 @@ def _figure(ax, size):
     else:
         fig = ax.figure
     return fig, ax
+
+
+def plot_method_comparison(table, ax=None):
+    """Held-out log-likelihood per method with error bars (one standard error), and the ELBO.
+
+    :param pandas.DataFrame table: the frame of :func:`pyro_vae.compare_vae_em`.
+    """
+    fig, ax = _figure(ax, (6, 4))
+    pos = np.arange(len(table))
+    se = np.sqrt(table["heldout_log_likelihood_se"].to_numpy() ** 2
+                 + table["heldout_log_likelihood_mc_se"].fillna(0).to_numpy() ** 2)
+    ax.errorbar(pos - 0.08, table["heldout_log_likelihood"], yerr=se, fmt="o", capsize=4,
+                label="held-out log p(x)")
+    ax.errorbar(pos + 0.08, table["heldout_elbo"], fmt="s", capsize=4, label="held-out ELBO",
+                alpha=0.8)
+    ax.set_xticks(pos)
+    ax.set_xticklabels(table["method"])
+    ax.set_ylabel("nats per datapoint")
+    ax.grid(alpha=0.3, axis="y")
+    ax.legend()
+    return fig
+
+
+def plot_training_curves(histories):
+    """EM log-likelihood per iteration and VAE ELBO per epoch, side by side.
+
+    :param dict histories: ``"em"`` -> frame with ``iteration, log_likelihood``; other names ->
+        frames with ``epoch, train_elbo, val_elbo``.
+    """
+    fig, (a, b) = plt.subplots(1, 2, figsize=(11, 4))
+    em = histories.get("em")
+    if em is not None:
+        a.plot(em["iteration"], em["log_likelihood"], marker=".")
+        a.set_title("EM: log-likelihood per iteration (= ELBO after each E step)")
+        a.set_xlabel("iteration")
+        a.set_ylabel("nats per datapoint")
+        a.grid(alpha=0.3)
+    for name, h in histories.items():
+        if name == "em":
+            continue
+        b.plot(h["epoch"], h["train_elbo"], label=f"{name} train")
+        if h["val_elbo"].notna().any():
+            b.plot(h["epoch"], h["val_elbo"], label=f"{name} held-out", linestyle="--")
+    b.set_title("VAE: ELBO per epoch")
+    b.set_xlabel("epoch")
+    b.set_ylabel("nats per datapoint")
+    b.grid(alpha=0.3)
+    b.legend()
+    fig.tight_layout()
+    return fig
+
+
+def plot_mixture_2d(X, gm, labels=None, ax=None):
+    """Data scatter with one ellipse per mixture component (2 standard deviations).
+
+    For data with more than two features the first two coordinates are drawn, with the ellipses
+    of the marginal Gaussians of those coordinates.
+
+    :param X: data, shape ``(N, d)`` with ``d >= 2`` (tensor, numpy array or DataFrame).
+    :param gm: a fitted :class:`pyro_vae.em.GaussianMixture`.
+    :param labels: colour of each point, shape ``(N,)``; default ``gm.predict(X)``.
+    :param ax: matplotlib axes to draw into (default: a new figure).
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    from matplotlib.patches import Ellipse
+
+    points = np.asarray(_numpy(X), dtype=float)
+    if points.ndim != 2 or points.shape[1] < 2:
+        raise ValueError(f"X must have shape (N, d) with d >= 2, got {points.shape}")
+    if labels is None:
+        labels = gm.predict(X)
+    labels = np.asarray(_numpy(labels)).reshape(-1)
+    if labels.shape[0] != points.shape[0]:
+        raise ValueError(f"labels must have one entry per row of X ({points.shape[0]}), got {labels.shape[0]}")
+    means = _numpy(gm.means_)[:, :2]
+    covs = _mixture_covariances_2d(gm)
+    weights = _numpy(gm.weights_)
+    fig, ax = _figure(ax, (6, 6))
+    cmap = plt.get_cmap("tab10")
+    ax.scatter(points[:, 0], points[:, 1], s=5, alpha=0.5, c=[cmap(int(v) % 10) for v in labels])
+    for k in range(means.shape[0]):
+        vals, vecs = np.linalg.eigh(covs[k])
+        vals = np.clip(vals, 0.0, None)
+        angle = math.degrees(math.atan2(vecs[1, 1], vecs[0, 1]))
+        ellipse = Ellipse(means[k], width=4 * math.sqrt(vals[1]), height=4 * math.sqrt(vals[0]),
+                          angle=angle, fill=False, linewidth=2, edgecolor=cmap(k % 10),
+                          label=f"component {k} (weight {weights[k]:.2f})")
+        ax.add_patch(ellipse)
+    ax.scatter(means[:, 0], means[:, 1], marker="x", s=60, color="black", zorder=3, label="means")
+    ax.set_title(f"Gaussian mixture, K={means.shape[0]} ({gm.covariance_type}); ellipses: 2 sd")
+    ax.set_xlabel("x[0]")
+    ax.set_ylabel("x[1]")
+    if means.shape[0] <= 10:
+        ax.legend(fontsize="small", loc="best")
+    ax.set_aspect("equal", adjustable="datalim")
+    ax.autoscale_view()
+    return fig
+
+
+def _mixture_covariances_2d(gm):
+    """Covariances of the first two coordinates per component, shape ``(K, 2, 2)``."""
+    cov = _numpy(gm.covariances_)
+    k = _numpy(gm.means_).shape[0]
+    if gm.covariance_type == "full":
+        return cov[:, :2, :2]
+    if gm.covariance_type == "tied":
+        return np.broadcast_to(cov[:2, :2], (k, 2, 2))
+    if gm.covariance_type == "diag":
+        return np.stack([np.diag(c[:2]) for c in cov])
+    return np.stack([np.eye(2) * c for c in cov])

@@ -55,7 +55,7 @@ def _inv_softplus(y):
 class Prior(nn.Module):
     """Base class of the priors p(z).
 
-    Subclasses implement :meth:`forward` and :meth:`describe`.
+    Subclasses implement :meth:`forward` and, to be rebuilt from a run config, :meth:`describe`.
 
     :param int latent_dim: size L of the latent z.
     """
@@ -70,8 +70,10 @@ class Prior(nn.Module):
 
     def describe(self):
         """:returns: a JSON-able dict, ``{"name": ..., **hyperparameters}``, that
-        :func:`make_prior` accepts to build the same prior (with fresh parameters)."""
-        raise NotImplementedError
+        :func:`make_prior` accepts to build the same prior (with fresh parameters). Subclasses
+        that do not override it describe themselves as a user prior, which cannot be rebuilt
+        by name."""
+        return {"name": "user", "latent_dim": self.latent_dim, "repr": type(self).__qualname__}
 
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")

@@ -15,11 +15,16 @@ The loss is scaled to nats per datapoint. A minibatch of ``B`` points out of ``N
 full-data objective. Checkpoints hold only tensors and plain containers, are written
 atomically after every epoch, and resuming from one reproduces the uninterrupted run exactly
 on CPU.
+
+Under ``torchrun --nproc-per-node=W`` the same call trains data-parallel on ``W`` processes
+(:mod:`pyro_vae.distributed`): each takes its share of every minibatch, gradients are summed
+with all-reduce, only rank 0 writes files, and the parameters equal those of a one-process run
+with the same ``batch_size`` and seed up to rounding.
 """
 
+import contextlib
 import logging
 import math
-import os
 import sys
 import time
 
@@ -30,6 +35,7 @@ import pyro
 from pyro import poutine
 from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
+from pyro_vae import distributed as _dist
 from pyro_vae import storage
 
 __all__ = ["fit", "OBJECTIVES", "HISTORY_COLUMNS", "evaluate_elbo"]
@@ -70,10 +76,24 @@ class _Objective:
             loss = -bound.sum() / x.shape[0]
             loss.backward()
             return loss.item()
-        scale = 1.0 / num_data
-        model = poutine.scale(self.vae.model, scale=scale)
-        guide = poutine.scale(self.vae.guide, scale=scale)
+        if self.objective != "tracegraph":
+            # Trace_ELBO / TraceMeanField_ELBO: their surrogate loss, differentiated here; dividing
+            # by num_data after the sum gives nats per datapoint without extra Pyro handlers
+            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, num_data=num_data)
+            loss = loss / num_data
+            loss.backward()
+            return loss.item()
+        model, guide = self._scaled(num_data)
         return self.elbo.loss_and_grads(model, guide, x, num_data=num_data)
+
+    def _scaled(self, num_data):
+        """model and guide scaled by 1 / num_data (nats per datapoint), built once per size."""
+        if getattr(self, "_scaled_for", None) != num_data:
+            scale = 1.0 / num_data
+            self._scaled_programs = (poutine.scale(self.vae.model, scale=scale),
+                                     poutine.scale(self.vae.guide, scale=scale))
+            self._scaled_for = num_data
+        return self._scaled_programs
 
 
 @torch.no_grad()
@@ -150,7 +170,8 @@ def fit(vae, data, *, epochs=10, batch_size=256, lr=1e-3, objective="trace", num
     :param torch.Tensor data: training data, shape ``(N, D)``.
     :param int epochs: total number of passes over ``data`` (when resuming, the total
         including the epochs already done).
-    :param int batch_size: minibatch size ``B``.
+    :param int batch_size: minibatch size ``B`` (under torchrun: the global minibatch, shared
+        among the processes).
     :param float lr: Adam learning rate.
     :param str objective: ``"trace"``, ``"tracegraph"``, ``"meanfield"`` or ``"iwae"``.
     :param int num_particles: samples of z per datapoint (``K`` of the IWAE bound).
@@ -194,8 +215,9 @@ def fit(vae, data, *, epochs=10, batch_size=256, lr=1e-3, objective="trace", num
     if not isinstance(kl_warmup, int) or kl_warmup < 0:
         raise ValueError(f"kl_warmup must be a non-negative integer, got {kl_warmup!r}")
 
-    device = _resolve_device(device, vae)
-    vae.to(device)
+    # under torchrun: join the process group, one replica per process (see pyro_vae.distributed)
+    replicas = _dist.Replicas.setup(vae, _resolve_device(device, vae))
+    device = replicas.device
     data = _as_data(data, vae, "data", device)
     if val_data is not None:
         val_data = _as_data(val_data, vae, "val_data", device)
@@ -222,8 +244,8 @@ def fit(vae, data, *, epochs=10, batch_size=256, lr=1e-3, objective="trace", num
     start_epoch = 0
     best = {"elbo": -math.inf, "epoch": 0, "state": None}
 
-    if resume and os.path.exists(checkpoint):
-        ck = storage.load_checkpoint(checkpoint, map_location=device)
+    ck = replicas.load_checkpoint(checkpoint, device) if resume else None  # read by rank 0
+    if ck is not None:
         if ck.get("format") != CHECKPOINT_FORMAT:
             raise ValueError(f"{checkpoint} is not a pyro-vae training checkpoint")
         vae.load_state_dict(ck["model"])
@@ -241,7 +263,11 @@ def fit(vae, data, *, epochs=10, batch_size=256, lr=1e-3, objective="trace", num
         log.info("resuming from %s after epoch %d", checkpoint, start_epoch)
 
     stopped = patience is not None and start_epoch - best["epoch"] >= patience
-    progress = _progress(range(start_epoch, epochs), quiet)
+    validate = pyro.infer.util.is_validation_enabled()
+    handlers = contextlib.ExitStack()
+    if objective != "tracegraph":  # TraceGraph_ELBO.loss_and_grads needs the param sites
+        handlers.enter_context(vae._registration_off())  # pyro.module once, not on every step
+    progress = _progress(range(start_epoch, epochs), quiet or not replicas.is_main)
     try:
         for epoch in progress if not stopped else []:
             t0 = time.perf_counter()
@@ -257,7 +283,10 @@ def fit(vae, data, *, epochs=10, batch_size=256, lr=1e-3, objective="trace", num
                     step = epoch * steps_per_epoch + b + 1
                     vae.beta = target_beta * min(1.0, step / (kl_warmup * steps_per_epoch))
                 optimizer.zero_grad(set_to_none=True)
-                loss = step_fn.step(xb, n)
+                # Pyro's validation (when enabled) checks the programs on the first step of the
+                # run; the data were checked once at the entry, so later steps skip the checks
+                with pyro.validation_enabled(validate and epoch == start_epoch and b == 0):
+                    loss = replicas.step(step_fn.step, xb, n, gen, params)  # this process's share of xb
                 if not math.isfinite(loss):
                     raise FloatingPointError(
                         f"the loss became {loss} at epoch {epoch + 1}; lower lr, set clip_norm, "
@@ -270,7 +299,8 @@ def fit(vae, data, *, epochs=10, batch_size=256, lr=1e-3, objective="trace", num
             if scheduler is not None:
                 scheduler.step()
             vae.eval()
-            val = evaluate_elbo(vae, val_data, objective=objective) if val_data is not None else math.nan
+            val = replicas.from_main(lambda: evaluate_elbo(vae, val_data, objective=objective)) \
+                if val_data is not None else math.nan
             row = {"epoch": epoch + 1, "train_elbo": -total / n, "val_elbo": val,
                    "beta": vae.beta, "lr": lr_now, "seconds": time.perf_counter() - t0}
             rows.append(row)
@@ -281,15 +311,16 @@ def fit(vae, data, *, epochs=10, batch_size=256, lr=1e-3, objective="trace", num
                         "state": {k: v.detach().clone() for k, v in vae.state_dict().items()}
                         if patience is not None else None}
             stop = patience is not None and epoch + 1 - best["epoch"] >= patience
-            if checkpoint is not None:
+            if checkpoint is not None and replicas.is_main:
                 storage.save_checkpoint(checkpoint, _checkpoint_state(
                     vae, optimizer, scheduler, gen, device, rows, epoch + 1, best))
-            if history_path is not None:
+            if history_path is not None and replicas.is_main:
                 storage.write_csv(history_path, _frame(rows))
             if stop:
                 log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best["epoch"])
                 break
     finally:
+        handlers.close()
         vae.beta = target_beta
         if hasattr(progress, "close"):
             progress.close()

@@ -9,6 +9,8 @@ a dataset of size ``num_data`` is passed, Pyro scales its log-probabilities by
 The KL weight ``beta`` (beta-VAE, KL annealing) scales the ``"z"`` sites of model and guide.
 """
 
+import contextlib
+
 import torch
 from torch import nn
 
@@ -125,7 +127,52 @@ class VAE(nn.Module):
         n = x.shape[0]
         if num_data is None or num_data == n:
             return pyro.plate("data", n)
-        return pyro.plate("data", size=int(num_data), subsample=torch.arange(n, device=x.device))
+        return pyro.plate("data", size=int(num_data), subsample=self._subsample(n, x.device))
+
+    def _subsample(self, n, device):
+        """``torch.arange(n)`` on ``device``, kept between calls (minibatches repeat their size)."""
+        cached = getattr(self, "_subsample_cache", None)
+        if cached is None or cached.shape[0] != n or cached.device != device:
+            cached = torch.arange(n, device=device)
+            self._subsample_cache = cached
+        return cached
+
+    def _kl_scale(self):
+        """``poutine.scale`` by beta for the ``"z"`` sites (no handler when beta is 1)."""
+        return poutine.scale(scale=self._beta) if self._beta != 1.0 else contextlib.nullcontext()
+
+    # ------------------------------------------------------------------ Pyro param store
+    #: model and guide register their modules with ``pyro.module`` on every call (see
+    #: :meth:`_registration_off`)
+    _registering = True
+
+    def _register_model(self):
+        pyro.module(self.name + "_decoder", self.decoder)
+        if any(True for _ in self.prior.parameters()):
+            pyro.module(self.name + "_prior", self.prior)
+        if any(True for _ in self.likelihood.parameters()):
+            pyro.module(self.name + "_likelihood", self.likelihood)
+
+    def _register_guide(self):
+        pyro.module(self.name + "_encoder", self.encoder)
+
+    @contextlib.contextmanager
+    def _registration_off(self):
+        """Register every module in Pyro's param store once, then let model and guide skip the
+        per-call ``pyro.module`` inside the block. For training loops that optimize
+        ``self.parameters()`` directly (as :func:`pyro_vae.fit` does) the registration on every
+        step is pure overhead; the param store still holds every parameter afterwards."""
+        self._register_model()
+        self._register_guide()
+        before = self.__dict__.get("_registering")
+        self._registering = False
+        try:
+            yield
+        finally:
+            if before is None:
+                del self._registering
+            else:
+                self._registering = before
 
     # ------------------------------------------------------------------ Pyro programs
     def model(self, x, num_data=None):
@@ -135,13 +182,10 @@ class VAE(nn.Module):
         :param int num_data: size of the full dataset (default ``N``).
         """
         self._check_x(x)
-        pyro.module(self.name + "_decoder", self.decoder)
-        if any(True for _ in self.prior.parameters()):
-            pyro.module(self.name + "_prior", self.prior)
-        if any(True for _ in self.likelihood.parameters()):
-            pyro.module(self.name + "_likelihood", self.likelihood)
+        if self._registering:
+            self._register_model()
         with self._plate(x, num_data):
-            with poutine.scale(scale=self._beta):
+            with self._kl_scale():
                 z = pyro.sample("z", self.prior())
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
@@ -152,10 +196,11 @@ class VAE(nn.Module):
         :param int num_data: size of the full dataset (default ``N``).
         """
         self._check_x(x)
-        pyro.module(self.name + "_encoder", self.encoder)
+        if self._registering:
+            self._register_guide()
         with self._plate(x, num_data):
             loc, scale = self.encoder(x)
-            with poutine.scale(scale=self._beta):
+            with self._kl_scale():
                 pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     # ------------------------------------------------------------------ conveniences

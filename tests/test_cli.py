@@ -62,3 +62,24 @@ def test_argparse_errors_exit_2(capsys):
     with pytest.raises(SystemExit) as e:
         main(["train", "--epochs", "many"])
     assert e.value.code == 2
+
+
+def test_train_patience_uses_a_validation_split_not_the_test_data(tmp_path, monkeypatch):
+    import pyro_vae.runs as runs
+
+    seen = {}
+    real_fit = runs.fit
+
+    def spy(vae, data, **kw):
+        seen["train"], seen["val"] = data, kw["val_data"]
+        return real_fit(vae, data, **kw)
+
+    monkeypatch.setattr(runs, "fit", spy)
+    out = tmp_path / "p"
+    assert main(["train", "--data", "synthetic", "--epochs", "2", "--patience", "1", "--lr-schedule", "none",
+                 "--hidden", "8", "--out", str(out), "--quiet"]) == 0
+    _, _, test_x = load_run(str(out))
+    as_rows = lambda t: {tuple(r) for r in t.tolist()}  # noqa: E731
+    assert not as_rows(seen["val"]) & as_rows(test_x)
+    assert not as_rows(seen["val"]) & as_rows(seen["train"])
+    assert json.loads((out / "config.json").read_text())["fit"]["lr_schedule"] == "none"

@@ -319,3 +319,19 @@ def test_describe_is_json_and_rebuilds_the_same_likelihood(name):
     rebuilt = make_likelihood(desc, D)
     assert type(rebuilt) is type(lik) and rebuilt.describe() == lik.describe()
     assert isinstance(rebuilt, Likelihood)
+
+
+def test_likelihood_subclass_needs_only_forward():
+    class Poisson(Likelihood):
+        def forward(self, out):
+            self._check_out(out)
+            return dist.Poisson(out.exp()).to_event(1)
+
+    lik = Poisson(D)
+    assert make_likelihood(lik, D) is lik
+    check_likelihood(lik, D)
+    out = _out(lik)
+    torch.testing.assert_close(lik.mean(out), out.exp())  # the distribution's mean by default
+    assert lik.describe() == {"name": "user", "data_dim": D, "outputs_per_feature": 1,
+                              "repr": Poisson.__qualname__}
+    assert "Poisson" in repr(lik)

@@ -333,6 +333,14 @@ def test_user_prior_subclass_is_used_as_is():
     assert make_prior(prior, L) is prior
     check_prior(prior, L)
 
+    class Bare(Prior):  # no describe(): described as a user prior
+        def forward(self):
+            return dist.Normal(torch.zeros(self.latent_dim), 1.0).to_event(1)
+
+    bare = Bare(L)
+    assert bare.describe() == {"name": "user", "latent_dim": L, "repr": Bare.__qualname__}
+    assert "Bare" in repr(bare)
+
 
 def test_bad_priors_get_a_message_naming_the_expected_shape():
     with pytest.raises(ValueError, match="prior must return a Pyro distribution, got Tensor"):

@@ -1,0 +1,71 @@
+import json
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from pyro_vae.cli import main
+from pyro_vae.compare import COLUMNS, adjusted_rand_index, compare_vae_em, run_comparison
+
+
+def test_adjusted_rand_index_matches_scikit_learn():
+    sklearn_metrics = pytest.importorskip("sklearn.metrics")
+    rng = np.random.default_rng(0)
+    for _ in range(5):
+        a = rng.integers(0, 4, 200)
+        b = np.where(rng.random(200) < 0.7, a, rng.integers(0, 5, 200))
+        assert adjusted_rand_index(a, b) == pytest.approx(sklearn_metrics.adjusted_rand_score(a, b), abs=1e-12)
+    assert adjusted_rand_index([0, 0, 1, 1], [5, 5, 3, 3]) == 1.0
+
+
+def test_comparison_on_synthetic_mixture():
+    comp = run_comparison(None, n_components=3, n_samples=1200, epochs=8, num_samples=64, seed=0)
+    t = comp.table
+    assert list(t.columns) == COLUMNS
+    assert t["method"].tolist() == ["em", "vae_normal", "vae_mixture", "oracle"]
+    rows = t.set_index("method")
+    # EM: exact posterior, so ELBO == log-likelihood and the gap is zero
+    assert rows.loc["em", "gap"] == pytest.approx(0.0, abs=1e-6)
+    assert rows.loc["em", "heldout_elbo"] == pytest.approx(rows.loc["em", "heldout_log_likelihood"], abs=1e-6)
+    # the EM held-out log-likelihood equals a direct evaluation of the fitted mixture
+    assert rows.loc["em", "heldout_log_likelihood"] == pytest.approx(
+        comp.em.score(comp.test_x), rel=1e-9)
+    # the oracle is the generating mixture evaluated exactly
+    assert rows.loc["oracle", "heldout_log_likelihood"] == pytest.approx(
+        comp.mixture.log_prob(comp.test_x.double()).mean().item(), rel=1e-9)
+    # well-separated clusters: EM finds them
+    assert rows.loc["em", "ari"] > 0.9 and rows.loc["oracle", "ari"] > 0.9
+    # VAEs: importance-sampled log p(x) is above their ELBO (a positive gap)
+    for m in ("vae_normal", "vae_mixture"):
+        assert rows.loc[m, "gap"] > 0
+        assert rows.loc[m, "heldout_log_likelihood_se"] > 0
+        assert rows.loc[m, "iterations"] == 8
+    assert math.isnan(rows.loc["vae_normal", "ari"])
+
+
+def test_compare_accepts_user_arrays_without_labels():
+    g = torch.Generator().manual_seed(0)
+    x = torch.cat([torch.randn(150, 3, generator=g), torch.randn(150, 3, generator=g) + 6])
+    t = compare_vae_em(x.numpy(), n_components=2, epochs=2, num_samples=16, seed=0)
+    assert "oracle" not in t["method"].tolist()
+    assert t["ari"].isna().all()
+
+
+def test_compare_command_writes_table_and_plots(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--n-samples", "600", "--epochs", "3", "--num-samples", "16",
+                 "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in result["table"]] == ["em", "vae_normal", "vae_mixture", "oracle"]
+    for name in ("comparison.csv", "mixture_fit.png", "vae_samples.png", "heldout_log_likelihood.png",
+                 "training.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_compare_bad_input_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,x\n2,y\n")
+    assert main(["compare", "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1

@@ -1,0 +1,195 @@
+import math
+
+import pytest
+import torch
+from torch import nn
+
+import pyro
+import pyro.distributions as dist
+
+from pyro_vae.gaps import GAP_COLUMNS, inference_gaps, summarize_gaps
+from pyro_vae.importance import log_weights
+
+F64 = torch.float64
+
+
+@pytest.fixture(autouse=True)
+def _one_thread():
+    """Many tiny optimization steps: one thread avoids thread start-up costs on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+class LinearGaussianVAE(nn.Module):
+    """p(z) = N(0, I), p(x|z) = N(W z + b, s^2 I) with orthogonal columns of W, so that the exact
+    posterior N(m(x), S) has a diagonal S and a diagonal Gaussian q* can match it exactly. The
+    amortized encoder is a (deliberately poor) linear map with a fixed scale."""
+
+    def __init__(self, d=6, latent=3, sigma=0.5, seed=0):
+        super().__init__()
+        g = torch.Generator().manual_seed(seed)
+        q, _ = torch.linalg.qr(torch.randn(d, latent, generator=g, dtype=F64))
+        self.w = nn.Parameter(q * torch.tensor([2.0, 1.0, 0.5], dtype=F64)[:latent])
+        self.b = nn.Parameter(torch.randn(d, generator=g, dtype=F64))
+        self.sigma, self.d, self.latent_dim = sigma, d, latent
+        # encoder: the exact posterior mean map shrunk and shifted, with a too-wide scale
+        self.enc = nn.Linear(d, latent).double()
+        with torch.no_grad():
+            var = self._posterior_var()
+            a = self.w * var / sigma ** 2  # loc = (x - b) @ a
+            self.enc.weight.copy_(0.8 * a.T)
+            self.enc.bias.copy_(-self.b @ a + 0.2)
+        self.log_scale = nn.Parameter((1.5 * var.sqrt()).log())
+
+    def _posterior_var(self):
+        return 1.0 / (1.0 + (self.w ** 2).sum(0) / self.sigma ** 2)  # diagonal of S
+
+    def posterior(self, x):
+        var = self._posterior_var()
+        return (x - self.b) @ self.w * var / self.sigma ** 2, var.sqrt().expand(x.shape[0], -1)
+
+    def model(self, x):
+        pyro.module("lgvae", self)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(torch.zeros(self.latent_dim, dtype=F64), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(z @ self.w.T + self.b, self.sigma).to_event(1), obs=x)
+
+    def encode(self, x):
+        return self.enc(x), self.log_scale.exp().expand(x.shape[0], -1)
+
+    def guide(self, x):
+        pyro.module("lgvae", self)
+        loc, scale = self.encode(x)
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+
+    def log_px(self, x):
+        cov = self.w @ self.w.T + self.sigma ** 2 * torch.eye(self.d, dtype=F64)
+        return dist.MultivariateNormal(self.b, cov).log_prob(x)
+
+    def sample(self, n, seed=1):
+        g = torch.Generator().manual_seed(seed)
+        z = torch.randn(n, self.latent_dim, generator=g, dtype=F64)
+        return z @ self.w.T + self.b + self.sigma * torch.randn(n, self.d, generator=g, dtype=F64)
+
+
+@pytest.fixture
+def lgvae():
+    return LinearGaussianVAE()
+
+
+def _kl_diag(loc_q, scale_q, loc_p, scale_p):
+    return (torch.log(scale_p / scale_q) + (scale_q ** 2 + (loc_q - loc_p) ** 2) / (2 * scale_p ** 2)
+            - 0.5).sum(-1)
+
+
+def test_linear_gaussian_gaps_match_analytic_values(lgvae):
+    with torch.no_grad():
+        x = lgvae.sample(30)
+        truth = lgvae.log_px(x)
+        loc_q, scale_q = lgvae.encode(x)
+        loc_p, scale_p = lgvae.posterior(x)
+        kl_amortized = _kl_diag(loc_q, scale_q, loc_p, scale_p)  # = true inference gap
+    df = inference_gaps(lgvae, x, num_samples=2000, steps=300, lr=0.05, seed=0)
+    assert list(df.columns) == list(GAP_COLUMNS)
+    assert len(df) == 30
+    t = lambda c: torch.tensor(df[c].to_numpy())  # noqa: E731
+    # log p(x) by importance sampling is within its Monte Carlo error of the truth
+    assert ((t("log_px") - truth).abs() < 4 * t("log_px_mc_stderr") + 1e-3).all()
+    # q* is exact here: no approximation gap, ELBO[q*] = log p(x)
+    assert t("approximation_gap").abs().max() < 0.05
+    assert abs(float(t("approximation_gap").mean())) < 0.01
+    assert (t("elbo_optimized") - truth).abs().max() < 0.05
+    # the amortization gap is KL(q(z|x) || p(z|x)) (up to Monte Carlo error of ELBO[q])
+    assert float(kl_amortized.min()) > 0.5
+    # Monte Carlo error of ELBO[q] from the spread of independent log-weights under q; 0.03 nats
+    # allowed for ELBO[q*] (its Monte Carlo error and the residual of the optimization)
+    sd = log_weights(lgvae.model, lgvae.guide, x, 2000).detach().std(0) / math.sqrt(2000)
+    err = t("amortization_gap") - kl_amortized
+    assert (err.abs() < 4 * sd + 0.03).all()
+    assert abs(float(err.mean())) < 4 * float(sd.pow(2).sum().sqrt()) / 30 + 0.01
+    # the parts add up
+    assert torch.allclose(t("inference_gap"), t("approximation_gap") + t("amortization_gap"))
+    assert torch.allclose(t("inference_gap"), t("log_px") - t("elbo_amortized"))
+
+
+def test_summary(lgvae):
+    x = lgvae.sample(12).detach()
+    df = inference_gaps(lgvae, x, num_samples=100, steps=20, lr=0.05, seed=0)
+    summary = summarize_gaps(df)
+    assert list(summary.index) == [c for c in GAP_COLUMNS if c != "log_px_mc_stderr"]
+    assert list(summary.columns) == ["mean", "stderr", "n"]
+    g = df["amortization_gap"]
+    assert summary.loc["amortization_gap", "mean"] == pytest.approx(g.mean())
+    assert summary.loc["amortization_gap", "stderr"] == pytest.approx(g.std(ddof=1) / math.sqrt(12))
+    assert df.attrs["summary"]["log_px"]["mean"] == pytest.approx(df["log_px"].mean())
+    assert df.attrs["summary"]["log_px"]["stderr"] == pytest.approx(summary.loc["log_px", "stderr"])
+    with pytest.raises(ValueError, match="columns"):
+        summarize_gaps(df[["log_px"]])
+
+
+def test_model_parameters_param_store_and_rng_are_left_alone(lgvae):
+    x = lgvae.sample(10).detach()
+    before = {k: v.detach().clone() for k, v in lgvae.state_dict().items()}
+    pyro.param("existing", torch.zeros(1))
+    lgvae.train()
+    rng = torch.get_rng_state()
+    a = inference_gaps(lgvae, x, num_samples=50, steps=30, lr=0.05, seed=3)
+    assert torch.equal(torch.get_rng_state(), rng)
+    assert all(torch.equal(before[k], v) for k, v in lgvae.state_dict().items())
+    assert all(p.grad is None for p in lgvae.parameters())
+    assert list(pyro.get_param_store().keys()) == ["existing"]
+    assert lgvae.training
+    b = inference_gaps(lgvae, x, num_samples=50, steps=30, lr=0.05, seed=3)
+    assert a.equals(b)
+    c = inference_gaps(lgvae, x, num_samples=50, steps=30, lr=0.05, seed=4)
+    assert not a.equals(c)
+
+
+def test_data_batches_give_the_same_kind_of_answer(lgvae):
+    """Chunking the data changes the random draws only: each datapoint's gaps are per datapoint."""
+    x = lgvae.sample(9).detach()
+    whole = inference_gaps(lgvae, x, num_samples=1000, steps=200, lr=0.05, seed=0)
+    chunks = inference_gaps(lgvae, x, num_samples=1000, steps=200, lr=0.05, seed=0, data_batch_size=4)
+    assert len(chunks) == 9
+    assert (whole["amortization_gap"] - chunks["amortization_gap"]).abs().max() < 0.3
+    assert (whole["log_px"] - chunks["log_px"]).abs().max() < 0.05
+
+
+def test_zero_steps_means_q_star_is_the_encoder(lgvae):
+    x = lgvae.sample(8).detach()
+    df = inference_gaps(lgvae, x, num_samples=3000, steps=0, seed=0)
+    # same proposal, independent draws: ELBO[q*] and ELBO[q] agree within Monte Carlo error
+    assert df["amortization_gap"].abs().mean() < 0.2
+
+
+def test_library_vae():
+    from pyro_vae.vae import VAE
+
+    g = torch.Generator().manual_seed(0)
+    x = torch.bernoulli(torch.full((10, 16), 0.3), generator=g)
+    vae = VAE(16, latent_dim=2, hidden=(8,), seed=0)
+    df = inference_gaps(vae, x, num_samples=200, steps=100, lr=0.05, seed=0)
+    assert df.notna().all().all()
+    # optimizing each datapoint's Gaussian improves its ELBO; log p(x) is above both ELBOs
+    assert df["amortization_gap"].mean() > 0
+    assert (df["log_px"] > df["elbo_amortized"]).all()
+    assert df["approximation_gap"].mean() > 0
+
+
+def test_bad_arguments(lgvae):
+    x = lgvae.sample(4).detach()
+    with pytest.raises(TypeError, match="encode"):
+        inference_gaps(object(), x)
+    with pytest.raises(ValueError, match=r"\(N, D\)"):
+        inference_gaps(lgvae, x.reshape(2, 2, -1))
+    with pytest.raises(ValueError, match="steps"):
+        inference_gaps(lgvae, x, steps=-1)
+    with pytest.raises(ValueError, match="lr"):
+        inference_gaps(lgvae, x, lr=0)
+    with pytest.raises(ValueError, match="num_samples"):
+        inference_gaps(lgvae, x, num_samples=0)
+    with pytest.raises(TypeError, match="seed"):
+        inference_gaps(lgvae, x, seed=None)
