@@ -354,7 +354,7 @@ def _add_compare(sub):
             out_default = "runs/demo"
         p.add_argument("--components", type=int, default=3, help="mixture components K (default 3)")
         p.add_argument("--covariance", default="full", choices=["full", "diag", "tied", "spherical"])
-        p.add_argument("--epochs", type=int, default=150, help="VAE training epochs (default 150)")
+        p.add_argument("--epochs", type=int, default=100, help="VAE training epochs (default 100)")
         p.add_argument("--num-samples", type=int, default=1000,
                        help="importance samples per held-out point for the VAEs (default 1000)")
         p.add_argument("--n-samples", type=int, default=4000, help="synthetic data size (default 4000)")

@@ -57,7 +57,9 @@ __all__ = [
     "get_rank",
     "get_world_size",
     "is_main_process",
+    "all_reduce",
     "all_reduce_sum",
+    "broadcast",
     "share_rows",
     "SharedNoise",
     "Replicas",
@@ -233,27 +235,44 @@ def all_reduce_sum(tensor, what="all_reduce"):
     :param str what: name of the operation for the error message.
     :returns: ``tensor``.
     """
+    return all_reduce(tensor, "sum", what)
+
+
+def all_reduce(tensor, op="sum", what="all_reduce"):
+    """Reduce ``tensor`` over all processes, in place; a no-op in a single-process run.
+
+    :param torch.Tensor tensor: on this process's device (CUDA with ``nccl``).
+    :param str op: ``"sum"``, ``"max"`` or ``"min"``.
+    :param str what: name of the operation for the error message.
+    :returns: ``tensor``.
+    """
+    ops = {"sum": "SUM", "max": "MAX", "min": "MIN"}
+    if op not in ops:
+        raise ValueError(f"op must be one of {sorted(ops)}, got {op!r}")
     if is_initialized() and get_world_size() > 1:
         try:
-            _dist().all_reduce(tensor, op=_dist().ReduceOp.SUM)
+            _dist().all_reduce(tensor, op=getattr(_dist().ReduceOp, ops[op]))
         except RuntimeError as e:
             raise _failed(what, e) from e
     return tensor
 
 
 def _all_reduce_max(tensor, what):
-    try:
-        _dist().all_reduce(tensor, op=_dist().ReduceOp.MAX)
-    except RuntimeError as e:
-        raise _failed(what, e) from e
-    return tensor
+    return all_reduce(tensor, "max", what)
 
 
-def _broadcast(tensor, what):
-    try:
-        _dist().broadcast(tensor, src=0)
-    except RuntimeError as e:
-        raise _failed(what, e) from e
+def broadcast(tensor, what="broadcast"):
+    """Copy rank 0's ``tensor`` into ``tensor`` on every process; a no-op in a single-process run.
+
+    :param torch.Tensor tensor: same shape and dtype on every process.
+    :param str what: name of the operation for the error message.
+    :returns: ``tensor``.
+    """
+    if is_initialized() and get_world_size() > 1:
+        try:
+            _dist().broadcast(tensor, src=0)
+        except RuntimeError as e:
+            raise _failed(what, e) from e
     return tensor
 
 
@@ -371,7 +390,7 @@ class Replicas:
                              "with device='cuda', or create the group with backend='gloo'")
         with torch.no_grad():
             for t in list(module.parameters()) + list(module.buffers()):
-                _broadcast(t.data, "broadcast of the initial parameters")
+                broadcast(t.data, "broadcast of the initial parameters")
         return cls(dist.get_rank(), dist.get_world_size(), device)
 
     def step(self, step_fn, x, num_data, generator, params):
@@ -405,7 +424,7 @@ class Replicas:
         if size < self.world_size:
             # some process skipped the step and so drew no noise: take rank 0's generator state
             state = generator.get_state().to(self.device)
-            generator.set_state(_broadcast(state, "broadcast of the generator state").cpu())
+            generator.set_state(broadcast(state, "broadcast of the generator state").cpu())
         return self._reduce(params, loss, local.shape[0] / size)
 
     def _reduce(self, params, loss, weight):
@@ -447,7 +466,7 @@ class Replicas:
         if self.world_size == 1:
             return fn()
         value = torch.tensor([float(fn()) if self.is_main else 0.0], dtype=torch.float64, device=self.device)
-        return float(_broadcast(value, "broadcast of the held-out ELBO")[0])
+        return float(broadcast(value, "broadcast of the held-out ELBO")[0])
 
     def load_checkpoint(self, path, device):
         """Read the checkpoint on rank 0 (if the file exists) and give it to every process.

@@ -123,6 +123,7 @@ def plot_training_curves(histories):
         a.set_title("EM: log-likelihood per iteration (= ELBO after each E step)")
         a.set_xlabel("iteration")
         a.set_ylabel("nats per datapoint")
+        a.ticklabel_format(axis="y", useOffset=False)
         a.grid(alpha=0.3)
     for name, h in histories.items():
         if name == "em":

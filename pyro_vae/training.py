@@ -214,6 +214,9 @@ def fit(vae, data, *, epochs=10, batch_size=256, lr=1e-3, objective="trace", num
         raise ValueError("resume=True needs a checkpoint path")
     if not isinstance(kl_warmup, int) or kl_warmup < 0:
         raise ValueError(f"kl_warmup must be a non-negative integer, got {kl_warmup!r}")
+    if objective == "iwae" and (vae.beta != 1.0 or kl_warmup):
+        raise ValueError("the iwae objective has no separate KL term for beta or kl_warmup to weight; "
+                         "use objective='trace' or 'meanfield' for a beta-VAE or KL annealing")
 
     # under torchrun: join the process group, one replica per process (see pyro_vae.distributed)
     replicas = _dist.Replicas.setup(vae, _resolve_device(device, vae))

@@ -137,5 +137,7 @@ def test_bad_inputs_get_clear_errors():
         fit(_vae(), x, batch_size=0)
     with pytest.raises(ValueError, match="val_data"):
         fit(_vae(), x, patience=3)
+    with pytest.raises(ValueError, match="iwae"):
+        fit(_vae(beta=0.5), x, objective="iwae", num_particles=2)
     with pytest.raises(TypeError, match="Tensor"):
         fit(_vae(), [[0.0] * 16])
