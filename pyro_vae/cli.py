@@ -409,6 +409,17 @@ def build_parser():
 
 
 
+def _check_launch(command):
+    """Only ``train`` runs under torchrun; the other commands would repeat their work per process."""
+    from pyro_vae.distributed import launched_by_torchrun
+
+    if command != "train" and launched_by_torchrun():
+        raise UsageError(
+            f"'pyro-vae {command}' runs in one process, but WORLD_SIZE > 1 says it was started by "
+            "torchrun with several; run it without torchrun (only 'pyro-vae train' is data-parallel; "
+            "to fit a mixture on several processes, call GaussianMixture.fit on each process's part)")
+
+
 def main(argv=None):
     parser = build_parser()
     args = parser.parse_args(argv)  # argparse itself exits with code 2 on bad arguments
@@ -417,6 +428,7 @@ def main(argv=None):
         format="%(levelname)s %(name)s: %(message)s",
     )
     try:
+        _check_launch(args.command)
         return args.func(args) or 0
     except (UsageError, ValueError, TypeError, FileNotFoundError, IsADirectoryError,
             PermissionError, NotADirectoryError) as e:

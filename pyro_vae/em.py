@@ -35,8 +35,16 @@ scatter matrices are implemented (``algorithm``):
   component, ``"centered"`` otherwise (checked before every E step and after every M step). On
   standardized or moderately scaled data this is the gram path; a very tight component far from
   the data mean, badly scaled features or float32 computation switch to the centered one.
+
+Data larger than memory, and several processes. :meth:`GaussianMixture.fit` also takes the data
+in chunks (a list of arrays, a DataLoader, any re-iterable of arrays). Each EM iteration is then
+one pass over the chunks that accumulates the sufficient statistics per component -- counts,
+sums and scatter matrices about the incoming means -- with the centered computation; under
+:mod:`torch.distributed` every process passes its own part and the statistics are summed with
+``all_reduce`` (see :mod:`pyro_vae.distributed`), so every process ends with the fit of all parts.
 """
 
+import collections.abc
 import logging
 import math
 import time
@@ -48,6 +56,8 @@ import torch
 
 import pyro
 import pyro.distributions as dist
+
+from pyro_vae import distributed as _dist
 
 __all__ = ["GaussianMixture", "ConvergenceWarning", "COVARIANCE_TYPES", "INIT_METHODS", "ALGORITHMS"]
 
@@ -64,6 +74,8 @@ GRAM_TOLERANCE = 1e-10
 _FEATURE_CACHE_BYTES = 1 << 28
 # number of elements of the largest per-chunk intermediate array
 _CHUNK_ELEMENTS = 1 << 19
+# data-dependent initializations of chunked or distributed data use this many rows of rank 0
+_INIT_ROWS = 100_000
 # added to the component counts so that an empty component does not divide by zero
 _COUNT_FLOOR = 10.0
 
@@ -156,14 +168,46 @@ class GaussianMixture:
     def fit(self, X, y=None):
         """Estimate the parameters by EM.
 
-        :param X: data, shape ``(N, d)``: numpy array, torch tensor or pandas DataFrame of numbers.
+        ``X`` is held in memory, or given **in chunks** for data larger than memory: a list of
+        arrays, a :class:`torch.utils.data.DataLoader`, or any object whose ``__iter__`` returns a
+        new iterator over ``(n_i, d)`` arrays each time (EM passes over the data once per
+        iteration; a one-shot generator is refused). A chunk that is a tuple or list, as a
+        DataLoader over a :class:`~torch.utils.data.TensorDataset` yields, contributes its first
+        element (labels are ignored). Chunked data is fitted from sufficient statistics summed
+        chunk by chunk (counts, sums and scatter matrices per component), with the centered
+        computation; only one chunk is in memory at a time. The result equals the in-memory fit
+        of the concatenated chunks up to rounding, when both start from the same parameters.
+
+        **Under torch.distributed** (a process group of more than one process, or a job launched
+        by ``torchrun``, whose process group is then joined as :func:`pyro_vae.fit` does), each
+        process passes *its own part* of the data, in memory or in chunks, and the statistics are
+        summed over processes with ``all_reduce``: the fit is that of the union of all parts and
+        is identical on every process.
+
+        Data-dependent initializations (``kmeans``, ``kmeans++``, ``random_from_data``,
+        ``random``) of chunked or distributed data run on the first ``100,000`` rows that rank 0
+        sees (all rows when there are fewer), and rank 0 sends the initial parameters to the
+        other processes; given ``weights_init``, ``means_init`` and ``precisions_init`` need no
+        data.
+
+        :param X: data, shape ``(N, d)``: numpy array, torch tensor or pandas DataFrame of
+            numbers; or chunks of such arrays as described above.
         :param y: ignored (scikit-learn convention).
         :returns: ``self``.
         """
-        if self.device is None and isinstance(X, torch.Tensor):
-            device = X.device
+        chunks = _chunks_of(X)
+        first = X if chunks is None else None
+        if self.device is None and isinstance(first, torch.Tensor):
+            device = first.device
         else:
             device = self.device or torch.device("cpu")
+        _dist.init_process_group(device)
+        distributed = _dist.is_initialized() and _dist.get_world_size() > 1
+        if chunks is not None or distributed:
+            data = _ChunkedData([X] if chunks is None else chunks, self.dtype,
+                                None if chunks is not None and self.device is None else device,
+                                self.covariance_type, self.n_components)
+            return self._fit_chunks(data)
         X = _as_2d_tensor(X, self.dtype, device, "X")
         n, d = X.shape
         if n < self.n_components:
@@ -177,27 +221,26 @@ class GaussianMixture:
 
         shift = X.mean(0)
         ws = _Workspace(X - shift, self.covariance_type, self.algorithm, self.n_components)
-        seed = self.seed
-        if seed is None:
-            seed = int(torch.randint(0, 2**62, (1,)).item())
-        gen = torch.Generator().manual_seed(seed)
+        gen = torch.Generator().manual_seed(self._seed())
         all_given = all(v is not None for v in given.values())
         n_runs = 1 if all_given else self.n_init
 
         best = None
         for run in range(n_runs):
             params = self._initial_parameters(ws, gen, given, shift)
-            result = self._run_em(ws, params)
+            result = self._run_em(lambda p: self._em_iteration(ws, p), params)
             log.debug("init %d: lower bound %.6f after %d iterations", run, result["lower_bound"],
                       result["n_iter"])
             if best is None or result["lower_bound"] > best["lower_bound"]:
                 best = result
+        return self._finish_fit(best, shift, stacklevel=3)
 
+    def _finish_fit(self, best, shift, stacklevel):
         if not best["converged"] and self.max_iter > 0:
             warnings.warn(
                 f"EM did not converge in max_iter={self.max_iter} iterations (tol={self.tol}); "
                 "increase max_iter or tol, or check the data for degenerate features",
-                ConvergenceWarning, stacklevel=2,
+                ConvergenceWarning, stacklevel=stacklevel,
             )
         self._set_parameters(best["params"], shift)
         self.converged_ = best["converged"]
@@ -206,14 +249,120 @@ class GaussianMixture:
         self.history_ = pd.DataFrame(best["history"], columns=["iteration", "log_likelihood", "seconds"])
         return self
 
+    def _fit_chunks(self, data):
+        """EM from sufficient statistics accumulated chunk by chunk and summed over processes."""
+        k = self.n_components
+        shift = data.first_pass()
+        if data.n < k:
+            raise ValueError(f"X has {data.n} samples but n_components={k}; "
+                             "use at most as many components as samples")
+        self._device = data.device
+        self.n_features_in_ = data.d
+        given = self._given_parameters(data.d, data.device)
+        all_given = all(v is not None for v in given.values())
+        gen = torch.Generator().manual_seed(self._seed())
+        sample = None
+        if not all_given and _dist.is_main_process():
+            sample = data.head(_INIT_ROWS)
+        best = None
+        for run in range(1 if all_given else self.n_init):
+            params = self._shared_initial_parameters(sample, gen, given, shift, data)
+            result = self._run_em(lambda p: self._chunked_iteration(data, p), params)
+            if best is None or result["lower_bound"] > best["lower_bound"]:
+                best = result
+        return self._finish_fit(best, shift, stacklevel=4)
+
+    def _seed(self):
+        if self.seed is not None:
+            return self.seed
+        return int(torch.randint(0, 2**62, (1,)).item())
+
+    def _shared_initial_parameters(self, sample, gen, given, shift, data):
+        """Initial parameters computed on rank 0's first rows and sent to every process."""
+        if all(v is not None for v in given.values()):
+            return self._initial_parameters(None, gen, given, shift)
+        k, d, ct = self.n_components, data.d, self.covariance_type
+        params, error = None, None
+        if _dist.is_main_process():
+            try:
+                if sample.shape[0] < k:
+                    raise ValueError(
+                        f"rank 0 holds {sample.shape[0]} samples, fewer than n_components={k}, to "
+                        "initialize from; give it more data, or pass weights_init, means_init and "
+                        "precisions_init")
+                ws = _Workspace(sample, ct, "centered", k)
+                params = self._initial_parameters(ws, gen, given, shift)
+            except ValueError as e:
+                error = e
+        ok = _dist.broadcast(torch.tensor([0.0 if error else 1.0], dtype=self.dtype, device=data.device),
+                             "broadcast of the initialization status")
+        if error is not None:
+            raise error
+        if float(ok[0]) != 1.0:
+            raise ValueError("the initialization of the mixture failed on rank 0; its error says why")
+        if _dist.get_world_size() == 1 or not _dist.is_initialized():
+            return params
+        shape = _param_shape(ct, k, d)
+        if params is None:
+            params = _Params(*(torch.empty(sh, dtype=self.dtype, device=data.device)
+                               for sh in ((k,), (k, d), shape, shape)))
+        elif params.cov is None:
+            params.cov = _cov_from_prec_chol(params.prec_chol, ct)
+        for t in (params.weights, params.means, params.cov, params.prec_chol):
+            _dist.broadcast(t, "broadcast of the initial mixture parameters")
+        return params
+
+    def _chunked_iteration(self, data, params):
+        """One E step and one M step over all chunks of all processes.
+
+        The scatter of each chunk is taken about the incoming means ``m0`` (no cancellation
+        while ``m0`` is near the data); about the new means ``m`` it is
+        ``S0 - a d^T - d a^T + n_k d d^T`` with ``a = sum_n r_nk (x_n - m0)`` and ``d = m - m0``.
+
+        :returns: ``(mean log-likelihood of the incoming parameters, new parameters)``.
+        """
+        k, d, ct, kind = self.n_components, data.d, self.covariance_type, data.kind
+        dt, dev = self.dtype, data.device
+        total = torch.zeros(1, dtype=dt, device=dev)
+        nk = torch.zeros(k, dtype=dt, device=dev)
+        sums = torch.zeros(k, d, dtype=dt, device=dev)
+        second = torch.zeros((k, d, d) if kind == "matrix" else (k, d), dtype=dt, device=dev)
+        old = params.means
+        for x in data:
+            log_norm, resp = _e_step_centered(x, params, ct, data.chunk)
+            total += log_norm.sum()
+            nk += resp.sum(0)
+            sums.addmm_(resp.T, x)
+            second += _scatter_centered(x, resp, old, kind, data.chunk)
+        flat = _dist.all_reduce_sum(torch.cat([total, nk, sums.reshape(-1), second.reshape(-1)]),
+                                    "all_reduce of the EM statistics")
+        total, nk = flat[0], flat[1:k + 1]
+        sums = flat[k + 1:k + 1 + k * d].view(k, d)
+        second = flat[k + 1 + k * d:].view(second.shape)
+        n_eff = nk + _COUNT_FLOOR * torch.finfo(nk.dtype).eps
+        means = sums / n_eff[:, None]
+        a = sums - nk[:, None] * old
+        delta = means - old
+        if kind == "matrix":
+            cross = a[:, :, None] * delta[:, None, :]
+            scatter = second - cross - cross.transpose(1, 2) + nk[:, None, None] * (
+                delta[:, :, None] * delta[:, None, :])
+        else:
+            scatter = second - 2.0 * a * delta + nk[:, None] * delta ** 2
+        new = self._finish_m_step(n_eff, means, scatter, raise_on_failure=True)
+        return float(total) / data.n, new
+
     def fit_predict(self, X, y=None):
         """:meth:`fit`, then :meth:`predict` on the same data.
 
         :returns: component labels, shape ``(N,)``.
         """
+        if _chunks_of(X) is not None:
+            raise ValueError("fit_predict needs X in memory; for data in chunks call fit(chunks), "
+                             "then predict(chunk) for each chunk")
         return self.fit(X).predict(X)
 
-    def _run_em(self, ws, params):
+    def _run_em(self, iteration, params):
         lower_bound = -math.inf
         converged = False
         history = []
@@ -221,7 +370,7 @@ class GaussianMixture:
         t0 = time.perf_counter()
         for n_iter in range(1, self.max_iter + 1):
             previous = lower_bound
-            lower_bound, params = self._em_iteration(ws, params)
+            lower_bound, params = iteration(params)
             history.append((n_iter, lower_bound, time.perf_counter() - t0))
             if abs(lower_bound - previous) < self.tol:
                 converged = True
@@ -922,6 +1071,125 @@ class _Workspace:
 
 
 # ---------------------------------------------------------------------------------------
+# data in chunks
+# ---------------------------------------------------------------------------------------
+def _is_array(x):
+    return isinstance(x, (np.ndarray, torch.Tensor, pd.DataFrame))
+
+
+def _chunks_of(X):
+    """The chunks of ``X`` if it is given in chunks, ``None`` if it is one in-memory array."""
+    if isinstance(X, (np.ndarray, torch.Tensor, pd.DataFrame, pd.Series, str, bytes)):
+        return None
+    if isinstance(X, (list, tuple)):
+        if not len(X):
+            return X                                    # no chunks: no rows on this process
+        first = X[0]
+        if isinstance(first, (list, tuple)) and len(first) and _is_array(first[0]):
+            return X                                    # (features, labels) pairs
+        if isinstance(first, pd.DataFrame) or (_is_array(first) and first.ndim >= 2):
+            return X
+        return None                                     # nested lists of numbers: one array
+    if isinstance(X, collections.abc.Iterator):
+        raise ValueError(
+            "X is a one-shot iterator (such as a generator), but EM passes over the data once per "
+            "iteration; pass a list of arrays, a DataLoader, or an object whose __iter__ returns a "
+            "new iterator each time")
+    if isinstance(X, collections.abc.Iterable):
+        return X
+    return None
+
+
+class _ChunkedData:
+    """This process's data as a sequence of chunks, passed over once per EM iteration.
+
+    After :meth:`first_pass`: ``n`` (rows over all processes), ``d``, ``device``, ``shift``
+    (the mean of all rows, ``(d,)``) and ``chunk`` (rows per block of ``(K, rows, d)``
+    intermediates). Iterating yields the chunks as tensors minus ``shift``.
+    """
+
+    def __init__(self, source, dtype, device, ct, k):
+        self.source, self.dtype, self.device, self.k = source, dtype, device, k
+        self.kind = "matrix" if ct in ("full", "tied") else "vector"
+        self.n = self.d = self.shift = self.chunk = None
+
+    def _tensors(self):
+        """The non-empty chunks, checked, as 2-D tensors of ``dtype`` on ``device``."""
+        for i, c in enumerate(self.source):
+            if isinstance(c, (list, tuple)) and len(c) and _is_array(c[0]):
+                c = c[0]
+            if self.device is None:
+                self.device = c.device if isinstance(c, torch.Tensor) else torch.device("cpu")
+            name = f"chunk {i} of X"
+            t = _as_tensor(c, self.dtype, self.device, name)
+            if t.dim() != 2:
+                raise ValueError(f"{name} must be 2-D with shape (n_samples, n_features), got "
+                                 f"shape {tuple(t.shape)}")
+            if t.shape[0] == 0:
+                continue
+            if self.d is not None and t.shape[1] != self.d:
+                raise ValueError(f"{name} has {t.shape[1]} features but the data has {self.d}; "
+                                 "every chunk needs the same features")
+            if not torch.isfinite(t).all():
+                raise ValueError(f"{name} contains NaN or infinite values; remove or impute them first")
+            yield t
+
+    def first_pass(self):
+        """Count, check and sum the rows of all processes.
+
+        :returns: ``shift``, the mean row, shape ``(d,)``.
+        """
+        n, total = 0, None
+        for t in self._tensors():
+            if self.d is None:
+                self.d = t.shape[1]
+                total = torch.zeros(self.d, dtype=self.dtype, device=self.device)
+            n += t.shape[0]
+            total += t.sum(0)
+        if self.device is None:
+            self.device = torch.device("cpu")
+        local_d = self.d
+        if _dist.is_initialized() and _dist.get_world_size() > 1:
+            dims = torch.tensor([local_d or 0, -local_d if local_d else -(2 ** 40)],
+                                dtype=torch.float64, device=self.device)
+            _dist.all_reduce(dims, "max", "all_reduce of the number of features")
+            d_max, d_min = int(dims[0]), int(-dims[1])
+            if d_max and d_min != d_max:
+                raise ValueError(f"the processes hold data with different numbers of features "
+                                 f"({d_min} to {d_max}); every part needs the same features")
+            self.d = d_max or None
+        if self.d is None:
+            raise ValueError("X is empty: it holds no rows")
+        if total is None:  # this process holds no rows
+            total = torch.zeros(self.d, dtype=self.dtype, device=self.device)
+        sums = _dist.all_reduce_sum(torch.cat([torch.tensor([float(n)], dtype=self.dtype,
+                                                            device=self.device), total]),
+                                    "all_reduce of the data size")
+        self.n = int(round(float(sums[0])))
+        self.shift = sums[1:] / self.n
+        self.chunk = _chunk_rows(self.k * self.d)
+        if local_d is None:
+            log.warning("this process (rank %d) holds no data", _dist.get_rank())
+        return self.shift
+
+    def head(self, rows):
+        """The first ``rows`` rows (or all, if fewer), minus ``shift``: ``(m, d)``."""
+        parts, m = [], 0
+        for t in self:
+            parts.append(t[:rows - m])
+            m += parts[-1].shape[0]
+            if m >= rows:
+                break
+        if not parts:
+            return torch.empty(0, self.d, dtype=self.dtype, device=self.device)
+        return torch.cat(parts)
+
+    def __iter__(self):
+        for t in self._tensors():
+            yield t - self.shift
+
+
+# ---------------------------------------------------------------------------------------
 # initialization
 # ---------------------------------------------------------------------------------------
 def _initial_responsibilities(X, k, method, gen):
@@ -1019,6 +1287,8 @@ def _as_tensor(value, dtype, device, name):
             raise ValueError(f"{name} could not be converted to an array: {e}") from None
         if arr.dtype == object or not (np.issubdtype(arr.dtype, np.number) or arr.dtype == bool):
             raise ValueError(f"{name} must contain numbers, got an array of dtype {arr.dtype}")
+        if not arr.flags.writeable:  # e.g. np.load(..., mmap_mode="r"): torch wants writable memory
+            arr = arr.copy()
         t = torch.from_numpy(np.ascontiguousarray(arr))
     if t.is_complex():
         raise ValueError(f"{name} must be real-valued")

@@ -83,3 +83,11 @@ def test_train_patience_uses_a_validation_split_not_the_test_data(tmp_path, monk
     assert not as_rows(seen["val"]) & as_rows(test_x)
     assert not as_rows(seen["val"]) & as_rows(seen["train"])
     assert json.loads((out / "config.json").read_text())["fit"]["lr_schedule"] == "none"
+
+
+@pytest.mark.parametrize("command", [["em", "--data", "x.csv"], ["evaluate", "run"], ["demo"]])
+def test_only_train_runs_under_torchrun(command, monkeypatch, capsys):
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    assert main(command) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "torchrun" in err and "only 'pyro-vae train'" in err

@@ -57,6 +57,37 @@ def _problem_b(checkpoint=None, epochs=2, model_seed=0, resume=False):
     return vae, h
 
 
+def _mixture_rows(n=1000, d=3):
+    """Three overlapping clusters for the mixture fits; rank 0 holds the first 700 rows."""
+    g = torch.Generator().manual_seed(4)
+    centers = torch.randn(3, d, generator=g, dtype=torch.float64) * 2.0
+    labels = torch.arange(n) % 3
+    return centers[labels] + torch.randn(n, d, generator=g, dtype=torch.float64) + 5.0
+
+
+def _mixture_fits(part, rank_zero_rows=700):
+    """The fits both the workers (each on its part) and the test (on all rows) run."""
+    from pyro_vae import em
+    from pyro_vae.em import COVARIANCE_TYPES, GaussianMixture
+
+    em._INIT_ROWS = rank_zero_rows      # initialize on rank 0's rows, the first 700 of the data
+    out = {}
+    for ct in COVARIANCE_TYPES:
+        gm = GaussianMixture(3, covariance_type=ct, init="random", seed=3, tol=1e-9, max_iter=200)
+        out[ct] = _mixture_state(gm.fit(part))
+    w = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
+    m = _mixture_rows()[[0, 1, 2]]
+    prec = torch.eye(3, dtype=torch.float64).expand(3, 3, 3).contiguous()
+    gm = GaussianMixture(3, weights_init=w, means_init=m, precisions_init=prec, tol=0.0, max_iter=20)
+    out["given"] = _mixture_state(gm.fit(part))
+    return out
+
+
+def _mixture_state(gm):
+    return {"weights": gm.weights_, "means": gm.means_, "covariances": gm.covariances_,
+            "lower_bound": torch.tensor(gm.lower_bound_, dtype=torch.float64), "n_iter": torch.tensor(gm.n_iter_)}
+
+
 def _history_values(h):
     return torch.tensor(h.drop(columns=["seconds"]).to_numpy(dtype=float))
 
@@ -308,6 +339,38 @@ def test_pyro_vae_train_under_torchrun_writes_one_run_folder_and_resumes(tmp_pat
     torch.testing.assert_close(_history_values(hist), _history_values(h_ref), rtol=1e-5, atol=1e-5)
 
 
+def test_mixture_fit_under_torchrun_equals_single_process_fit(tmp_path):
+    proc, _ = _torchrun([__file__, "em", str(tmp_path)], tmp_path)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    r0, r1 = _load_rank(tmp_path, 0), _load_rank(tmp_path, 1)
+    from pyro_vae.em import GaussianMixture
+
+    x = _mixture_rows()
+    # one process, the same rows in chunks (rank 0's 700 in chunks of 128, then rank 1's 300)
+    ref = _mixture_fits(list(x[:700].split(128)) + [x[700:]])
+    for name, want in ref.items():
+        assert int(want["n_iter"]) > 5, name             # EM did real work
+        for r in (r0, r1):
+            got = r[name]
+            assert int(got["n_iter"]) == int(want["n_iter"]), name
+            for key in ("weights", "means", "covariances", "lower_bound"):
+                torch.testing.assert_close(got[key], want[key], rtol=1e-10, atol=1e-10, msg=name)
+        for key in want:                                   # identical on both processes
+            assert torch.equal(r0[name][key], r1[name][key]), (name, key)
+    # from given parameters, the in-memory fit of all rows in one process is the reference too
+    g = ref["given"]
+    gm = GaussianMixture(3, weights_init=[0.2, 0.3, 0.5], means_init=x[[0, 1, 2]],
+                         precisions_init=torch.eye(3, dtype=torch.float64).expand(3, 3, 3), tol=0.0,
+                         max_iter=20).fit(x)
+    assert float(r0["given"]["lower_bound"]) == pytest.approx(gm.lower_bound_, rel=1e-12)
+    torch.testing.assert_close(r0["given"]["covariances"], gm.covariances_, rtol=0, atol=1e-10)
+    torch.testing.assert_close(g["covariances"], gm.covariances_, rtol=0, atol=1e-10)
+    # a process without data takes part in the fit of the other's rows
+    alone = GaussianMixture(2, seed=0, tol=1e-9).fit(x[:700])
+    torch.testing.assert_close(r1["empty"]["means"], alone.means_, rtol=0, atol=1e-10)
+    assert torch.equal(r0["empty"]["means"], r1["empty"]["means"])
+
+
 def _last_time(text, tag):
     found = re.findall(rf"{tag} at ([0-9.]+)", text)
     assert found, f"no '{tag}' marker in the output:\n{text[-3000:]}"
@@ -399,6 +462,14 @@ def _worker(scenario, out_dir, argv):
         code = main(["train", *argv])
         if code:
             sys.exit(code)
+    elif scenario == "em":
+        from pyro_vae.em import GaussianMixture
+
+        x = _mixture_rows()
+        # rank 0 passes its rows in chunks, rank 1 in memory
+        result.update(_mixture_fits(list(x[:700].split(128)) if rank == 0 else x[700:]))
+        empty = [x[:350], x[350:700]] if rank == 0 else []
+        result["empty"] = _mixture_state(GaussianMixture(2, seed=0, tol=1e-9).fit(empty))
     elif scenario in ("die", "stall"):
         inner = torch.optim.Adam.step
 

@@ -541,6 +541,79 @@ def test_convergence_warning_when_max_iter_is_reached():
     assert not gm.converged_ and gm.n_iter_ == 2
 
 
+# ----------------------------------------------------------------------------- data in chunks
+class _LazyChunks:
+    """Chunks made on the fly, never all in memory: an iterable that restarts on every pass."""
+
+    def __init__(self, x, rows):
+        self.x, self.rows, self.passes = x, rows, 0
+
+    def __iter__(self):
+        self.passes += 1
+        for s in range(0, self.x.shape[0], self.rows):
+            yield self.x[s:s + self.rows].numpy().copy()
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_fit_in_chunks_equals_the_in_memory_fit(covariance_type):
+    # shifted and scaled overlapping clusters, random initial responsibilities: many iterations
+    x = overlapping_data(n=900, d=3) * 3.0 + 10.0
+    kwargs = dict(covariance_type=covariance_type, init="random", seed=3, tol=1e-10, max_iter=300)
+    ref = fit_quietly(GaussianMixture(3, **kwargs), x)
+    assert ref.n_iter_ > 15
+    lazy = _LazyChunks(x, rows=128)
+    loader = torch.utils.data.DataLoader(torch.utils.data.TensorDataset(x, torch.zeros(900)), batch_size=200)
+    for chunks in (list(x.split(250)), lazy, loader):
+        gm = fit_quietly(GaussianMixture(3, **kwargs), chunks)
+        assert gm.n_iter_ == ref.n_iter_ and gm.converged_ == ref.converged_
+        assert gm.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-12)
+        torch.testing.assert_close(gm.weights_, ref.weights_, rtol=0, atol=1e-10)
+        torch.testing.assert_close(gm.means_, ref.means_, rtol=0, atol=1e-10)
+        torch.testing.assert_close(gm.covariances_, ref.covariances_, rtol=0, atol=1e-10)
+        np.testing.assert_allclose(gm.history_["log_likelihood"], ref.history_["log_likelihood"],
+                                   rtol=1e-12, atol=0)
+    # one pass to count and center, one per EM iteration (the initialization reads the first rows)
+    assert lazy.passes == 2 + ref.n_iter_
+
+
+def test_fit_in_chunks_from_given_parameters_and_with_initialization_on_the_first_rows(monkeypatch):
+    x = overlapping_data(n=600, d=2)
+    w, m, prec = random_parameters(x, 3, "full", seed=2)
+    kwargs = dict(weights_init=w, means_init=m, precisions_init=prec, tol=0.0, max_iter=25)
+    ref = fit_quietly(GaussianMixture(3, **kwargs), x)
+    gm = fit_quietly(GaussianMixture(3, **kwargs), [x[:100], x[100:101], x[101:]])
+    assert gm.lower_bound_ == pytest.approx(ref.lower_bound_, rel=1e-12)
+    torch.testing.assert_close(gm.covariances_, ref.covariances_, rtol=0, atol=1e-10)
+    # k-means on the first 200 rows only: the in-memory fit of those rows starts identically
+    monkeypatch.setattr(em, "_INIT_ROWS", 200)
+    head = fit_quietly(GaussianMixture(3, seed=0, max_iter=0), x[:200])
+    first = fit_quietly(GaussianMixture(3, seed=0, max_iter=0), [x[:150], x[150:]])
+    shift = x[:200].mean(0) - x.mean(0)    # the chunked fit centers on the mean of all rows
+    assert first.n_iter_ == head.n_iter_ == 0
+    torch.testing.assert_close(first.means_, head.means_, rtol=0, atol=1e-12)
+    assert (first.means_ - head.means_).abs().max() < 1e-9 < shift.abs().max()
+
+
+def test_fit_in_chunks_rejects_bad_chunks():
+    x = overlapping_data(n=60, d=2)
+    with pytest.raises(ValueError, match="one-shot iterator.*list of arrays, a DataLoader"):
+        GaussianMixture(2).fit(c for c in x.split(20))
+    with pytest.raises(ValueError, match="chunk 1 of X has 3 features but the data has 2"):
+        GaussianMixture(2).fit([x[:30], torch.zeros(5, 3, dtype=F64)])
+    bad = x.clone()
+    bad[45, 1] = float("nan")
+    with pytest.raises(ValueError, match="chunk 2 of X contains NaN"):
+        GaussianMixture(2).fit(list(bad.split(20)))
+    with pytest.raises(ValueError, match="chunk 1 of X must be 2-D"):
+        GaussianMixture(2).fit([x, np.zeros((2, 2, 2))])
+    with pytest.raises(ValueError, match="X is empty"):
+        GaussianMixture(2).fit([x[:0], x[:0]])
+    with pytest.raises(ValueError, match="1 samples but n_components=2"):
+        GaussianMixture(2).fit([x[:1], x[:0]])
+    with pytest.raises(ValueError, match="fit_predict needs X in memory"):
+        GaussianMixture(2).fit_predict(list(x.split(20)))
+
+
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a CUDA device")
 def test_cuda_fit_matches_cpu():
     x = overlapping_data(n=300, d=3)
