@@ -10,6 +10,8 @@ import pyro.distributions as dist
 from pyro_vae.gaps import GAP_COLUMNS, inference_gaps, summarize_gaps
 from pyro_vae.importance import log_weights
 
+import linear_gaussian
+
 F64 = torch.float64
 
 
@@ -66,13 +68,10 @@ class LinearGaussianVAE(nn.Module):
             pyro.sample("z", dist.Normal(loc, scale).to_event(1))
 
     def log_px(self, x):
-        cov = self.w @ self.w.T + self.sigma ** 2 * torch.eye(self.d, dtype=F64)
-        return dist.MultivariateNormal(self.b, cov).log_prob(x)
+        return linear_gaussian.log_px(x, self.w, self.b, self.sigma)
 
     def sample(self, n, seed=1):
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.latent_dim, generator=g, dtype=F64)
-        return z @ self.w.T + self.b + self.sigma * torch.randn(n, self.d, generator=g, dtype=F64)
+        return linear_gaussian.sample(n, self.w, self.b, self.sigma, seed)
 
 
 @pytest.fixture

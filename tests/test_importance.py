@@ -12,6 +12,8 @@ from pyro.infer.importance import vectorized_importance_weights
 
 from pyro_vae.importance import ImportanceEstimate, log_likelihood, log_weights
 
+import linear_gaussian
+
 F64 = torch.float64
 
 
@@ -26,15 +28,15 @@ def _one_thread():
 
 # ----------------------------------------------------------------------------- linear-Gaussian model
 class LinearGaussian:
-    """p(z) = N(0, I_L), p(x|z) = N(W z + b, s^2 I_D): log p(x) = log N(x; b, W W^T + s^2 I) and
-    the posterior p(z|x) = N(S W^T (x - b) / s^2, S), S = (I + W^T W / s^2)^-1, are exact."""
+    """The linear-Gaussian model (tests/linear_gaussian.py) as a Pyro model with an exact and a
+    perturbed guide."""
 
     def __init__(self, d=5, latent=3, sigma=0.5, seed=0):
         g = torch.Generator().manual_seed(seed)
         self.w = torch.randn(d, latent, generator=g, dtype=F64)
         self.b = torch.randn(d, generator=g, dtype=F64)
         self.sigma, self.d, self.latent = sigma, d, latent
-        self.post_cov = torch.linalg.inv(torch.eye(latent, dtype=F64) + self.w.T @ self.w / sigma ** 2)
+        self.post_cov = linear_gaussian.posterior(self.b[None], self.w, self.b, sigma)[1]
 
     def model(self, x):
         with pyro.plate("data", x.shape[0]):
@@ -42,7 +44,7 @@ class LinearGaussian:
             pyro.sample("x", dist.Normal(z @ self.w.T + self.b, self.sigma).to_event(1), obs=x)
 
     def post_loc(self, x):
-        return (x - self.b) @ self.w @ self.post_cov / self.sigma ** 2
+        return linear_gaussian.posterior(x, self.w, self.b, self.sigma)[0]
 
     def exact_guide(self, x):
         with pyro.plate("data", x.shape[0]):
@@ -54,13 +56,10 @@ class LinearGaussian:
                                          stretch * self.post_cov.diagonal().sqrt()).to_event(1))
 
     def log_px(self, x):
-        cov = self.w @ self.w.T + self.sigma ** 2 * torch.eye(self.d, dtype=F64)
-        return dist.MultivariateNormal(self.b, cov).log_prob(x)
+        return linear_gaussian.log_px(x, self.w, self.b, self.sigma)
 
     def sample(self, n, seed=1):
-        g = torch.Generator().manual_seed(seed)
-        z = torch.randn(n, self.latent, generator=g, dtype=F64)
-        return z @ self.w.T + self.b + self.sigma * torch.randn(n, self.d, generator=g, dtype=F64)
+        return linear_gaussian.sample(n, self.w, self.b, self.sigma, seed)
 
 
 @pytest.fixture

@@ -11,6 +11,8 @@ from pyro import poutine
 
 from pyro_vae.vae import VAE
 
+import linear_gaussian as lg
+
 
 # ----------------------------------------------------------------------------- linear-Gaussian model
 # p(z) = N(0, I), p(x|z) = N(Wz + b, s^2 I); W has orthogonal columns so the exact posterior
@@ -55,8 +57,7 @@ class _ExactPosteriorEncoder(nn.Module):
 
 
 def _exact_log_px(x, w, b):
-    cov = w @ w.T + SIGMA**2 * torch.eye(D, dtype=torch.float64)
-    return torch.distributions.MultivariateNormal(b, cov).log_prob(x)
+    return lg.log_px(x, w, b, SIGMA)
 
 
 def _vae(w, b, **enc):
@@ -65,9 +66,7 @@ def _vae(w, b, **enc):
 
 
 def _data(w, b, n=64, seed=1):
-    g = torch.Generator().manual_seed(seed)
-    z = torch.randn(n, L, generator=g, dtype=torch.float64)
-    return z @ w.T + b + SIGMA * torch.randn(n, D, generator=g, dtype=torch.float64)
+    return lg.sample(n, w, b, SIGMA, seed)
 
 
 def test_elbo_equals_log_px_with_exact_posterior():
