@@ -39,7 +39,7 @@ scatter matrices are implemented (``algorithm``):
 Data larger than memory, and several processes. :meth:`GaussianMixture.fit` also takes the data
 in chunks (a list of arrays, a DataLoader, any re-iterable of arrays). Each EM iteration is then
 one pass over the chunks that accumulates the sufficient statistics per component -- counts,
-sums and scatter matrices about the incoming means -- with the centered computation; under
+sums and second moments -- with the same two computations as in memory; under
 :mod:`torch.distributed` every process passes its own part and the statistics are summed with
 ``all_reduce`` (see :mod:`pyro_vae.distributed`), so every process ends with the fit of all parts.
 """
@@ -174,9 +174,9 @@ class GaussianMixture:
         iteration; a one-shot generator is refused). A chunk that is a tuple or list, as a
         DataLoader over a :class:`~torch.utils.data.TensorDataset` yields, contributes its first
         element (labels are ignored). Chunked data is fitted from sufficient statistics summed
-        chunk by chunk (counts, sums and scatter matrices per component), with the centered
-        computation; only one chunk is in memory at a time. The result equals the in-memory fit
-        of the concatenated chunks up to rounding, when both start from the same parameters.
+        chunk by chunk (counts, sums and second moments per component), computed as in memory
+        (``algorithm``); only one chunk is in memory at a time. The result equals the in-memory
+        fit of the concatenated chunks up to rounding, when both start from the same parameters.
 
         **Under torch.distributed** (a process group of more than one process, or a job launched
         by ``torchrun``, whose process group is then joined as :func:`pyro_vae.fit` does), each
@@ -206,7 +206,7 @@ class GaussianMixture:
         if chunks is not None or distributed:
             data = _ChunkedData([X] if chunks is None else chunks, self.dtype,
                                 None if chunks is not None and self.device is None else device,
-                                self.covariance_type, self.n_components)
+                                self.covariance_type, self.n_components, self.algorithm)
             return self._fit_chunks(data)
         X = _as_2d_tensor(X, self.dtype, device, "X")
         n, d = X.shape
@@ -314,6 +314,51 @@ class GaussianMixture:
 
     def _chunked_iteration(self, data, params):
         """One E step and one M step over all chunks of all processes.
+
+        As in memory, with ``algorithm="auto"`` the gram form is used while its error estimate
+        allows (:func:`_gram_error`), and the iteration is redone with the centered computation
+        when the new parameters fail the check.
+
+        :returns: ``(mean log-likelihood of the incoming parameters, new parameters)``.
+        """
+        ct = self.covariance_type
+        if data.algorithm == "gram" or (data.algorithm == "auto"
+                                         and _gram_error(params, ct) <= GRAM_TOLERANCE):
+            out = self._chunked_gram_iteration(data, params)
+            if out is not None:
+                return out
+        return self._chunked_centered_iteration(data, params)
+
+    def _chunked_gram_iteration(self, data, params):
+        """The gram-form iteration over chunks; ``None`` if its new parameters fail the check."""
+        k, d, ct, kind = self.n_components, data.d, self.covariance_type, data.kind
+        q = _gram_log_prob_coefficients(params, ct, k, d)
+        n_features = q.shape[0]
+        rows = _chunk_rows(n_features + k)
+        stats = torch.zeros(k, n_features, dtype=self.dtype, device=data.device)
+        total = torch.zeros(1, dtype=self.dtype, device=data.device)
+        for x in data:
+            for s in range(0, x.shape[0], rows):
+                f = _gram_features(x[s:s + rows], kind, torch.empty(
+                    min(rows, x.shape[0] - s), n_features, dtype=x.dtype, device=x.device))
+                wlp = f @ q
+                total += _normalize_(wlp, wlp).sum()     # wlp now holds the responsibilities
+                stats.addmm_(wlp.T, f)
+        flat = _dist.all_reduce_sum(torch.cat([total, stats.reshape(-1)]),
+                                    "all_reduce of the EM statistics")
+        nk, sums, scatter = _stats_from_gram(flat[1:].view(k, n_features), kind, d)
+        n_eff = nk + _COUNT_FLOOR * torch.finfo(nk.dtype).eps
+        new = self._finish_m_step(n_eff, sums / n_eff[:, None], scatter, raise_on_failure=False)
+        if new is not None and data.algorithm == "auto" and _gram_error(new, ct) > GRAM_TOLERANCE:
+            new = None
+        if new is None:
+            if data.algorithm == "gram":
+                raise _collapse_error(self.reg_covar)
+            return None
+        return float(flat[0]) / data.n, new
+
+    def _chunked_centered_iteration(self, data, params):
+        """The centered iteration over chunks.
 
         The scatter of each chunk is taken about the incoming means ``m0`` (no cancellation
         while ``m0`` is near the data); about the new means ``m`` it is
@@ -976,6 +1021,15 @@ def _gram_coefficients(params, ct, k, d):
     return torch.cat([quad, -2.0 * lin, const], dim=1).T.contiguous()
 
 
+def _gram_log_prob_coefficients(params, ct, k, d):
+    """``q`` of shape ``(F, K)`` with ``features(x) @ q = log pi_k + log N(x | mu_k, Sigma_k)``."""
+    const = (torch.log(params.weights) + _log_det_prec_chol(params.prec_chol, ct, k, d)
+             - 0.5 * d * math.log(2 * math.pi))
+    q = -0.5 * _gram_coefficients(params, ct, k, d)
+    q[-1] += const   # the last feature is 1
+    return q
+
+
 def _stats_from_gram(stats, kind, d):
     """Counts, sums and scatter about the weighted means from ``resp^T features``, ``(K, F)``."""
     nk = stats[:, -1]
@@ -1048,11 +1102,7 @@ class _Workspace:
         :returns: ``(sum_n log p(x_n), responsibilities (N, K), resp^T features (K, F))``.
         """
         k = self.k
-        const = (torch.log(params.weights) + _log_det_prec_chol(params.prec_chol, ct, k, self.d)
-                 - 0.5 * self.d * math.log(2 * math.pi))
-        # features(x) @ q = log pi_k + log N(x | mu_k, Sigma_k): the last feature is 1
-        q = -0.5 * _gram_coefficients(params, ct, k, self.d)
-        q[-1] += const
+        q = _gram_log_prob_coefficients(params, ct, k, self.d)
         resp, wlp_buf, buf = self._gram_buffers()
         if self.cached:
             phi, phi_t = self._cached_features()
@@ -1108,8 +1158,9 @@ class _ChunkedData:
     intermediates). Iterating yields the chunks as tensors minus ``shift``.
     """
 
-    def __init__(self, source, dtype, device, ct, k):
+    def __init__(self, source, dtype, device, ct, k, algorithm):
         self.source, self.dtype, self.device, self.k = source, dtype, device, k
+        self.algorithm = algorithm
         self.kind = "matrix" if ct in ("full", "tied") else "vector"
         self.n = self.d = self.shift = self.chunk = None
 

@@ -554,11 +554,13 @@ class _LazyChunks:
             yield self.x[s:s + self.rows].numpy().copy()
 
 
+@pytest.mark.parametrize("algorithm", ["auto", "centered"])
 @pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
-def test_fit_in_chunks_equals_the_in_memory_fit(covariance_type):
+def test_fit_in_chunks_equals_the_in_memory_fit(covariance_type, algorithm):
     # shifted and scaled overlapping clusters, random initial responsibilities: many iterations
     x = overlapping_data(n=900, d=3) * 3.0 + 10.0
-    kwargs = dict(covariance_type=covariance_type, init="random", seed=3, tol=1e-10, max_iter=300)
+    kwargs = dict(covariance_type=covariance_type, init="random", seed=3, tol=1e-10, max_iter=300,
+                  algorithm=algorithm)
     ref = fit_quietly(GaussianMixture(3, **kwargs), x)
     assert ref.n_iter_ > 15
     lazy = _LazyChunks(x, rows=128)
