@@ -247,6 +247,10 @@ def _add_em(sub):
     p.add_argument("--reg-covar", type=float, default=1e-6,
                    help="added to covariance diagonals (default 1e-6)")
     p.add_argument("--seed", type=int, default=0, help="seed of the initialization (default 0)")
+    p.add_argument("--chunk-rows", type=int, default=None, metavar="N",
+                   help="read a CSV file N rows at a time, for files larger than memory: every EM "
+                   "iteration reads the file again, and a data-dependent initialization uses the "
+                   "first 100,000 rows (default: load the whole file)")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--out", default="em_run", help="run folder (default em_run)")
     p.add_argument("--quiet", action="store_true", help="print only the summary (no warnings)")
@@ -256,13 +260,14 @@ def _add_em(sub):
 
 
 def _cmd_em(args):
+    import math
     import os
     import warnings
 
     import torch
 
     from pyro_vae import storage
-    from pyro_vae.data import load_data
+    from pyro_vae.data import CsvChunks, load_data
     from pyro_vae.em import ConvergenceWarning, GaussianMixture
 
     for value, flag, low in ((args.components, "--components", 1), (args.n_init, "--n-init", 1),
@@ -278,30 +283,46 @@ def _cmd_em(args):
     if device.startswith("cuda") and not torch.cuda.is_available():
         raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
 
-    x = load_data(args.data, dtype=torch.float64, scale=None).x.to(device)
-    n, d = x.shape
-    if n < args.components:
-        raise UsageError(f"--data has {n} rows but --components {args.components}; use at most "
-                         "as many components as rows")
+    if args.chunk_rows is None:
+        x = load_data(args.data, dtype=torch.float64, scale=None).x.to(device)
+        chunks = [x]
+        if x.shape[0] < args.components:
+            raise UsageError(f"--data has {x.shape[0]} rows but --components {args.components}; use "
+                             "at most as many components as rows")
+    else:
+        if args.chunk_rows < 1:
+            raise UsageError(f"--chunk-rows must be an integer >= 1, got {args.chunk_rows}")
+        if not args.data.lower().endswith(".csv"):
+            raise UsageError("--chunk-rows reads CSV files; convert the data to CSV or leave "
+                             "--chunk-rows out to load the whole file")
+        chunks = CsvChunks(args.data, args.chunk_rows)
     gm = GaussianMixture(n_components=args.components, covariance_type=args.covariance,
                          tol=args.tol, reg_covar=args.reg_covar, max_iter=args.max_iter,
                          n_init=args.n_init, init=args.init, seed=args.seed, device=device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        gm.fit(x)
-    log_lik = gm.score_samples(x)
+        gm.fit(chunks if args.chunk_rows is not None else chunks[0])
+    # log-likelihood of every row, one block at a time; the plot shows the first 20,000 rows
+    total, n, shown = 0.0, 0, []
+    for block in chunks:
+        total += float(gm.score_samples(block).sum())
+        n += block.shape[0]
+        if sum(b.shape[0] for b in shown) < 20_000:
+            shown.append(block[:20_000])
+    d = gm.n_features_in_
+    p = gm.n_parameters()
     result = {
         "data": args.data,
         "n_samples": n,
         "n_features": d,
         "n_components": args.components,
         "covariance_type": args.covariance,
-        "log_likelihood": float(log_lik.sum()),
-        "log_likelihood_per_sample": float(log_lik.mean()),
+        "log_likelihood": total,
+        "log_likelihood_per_sample": total / n,
         "lower_bound": gm.lower_bound_,
-        "bic": gm.bic(x),
-        "aic": gm.aic(x),
-        "n_parameters": gm.n_parameters(),
+        "bic": -2.0 * total + p * math.log(n),
+        "aic": -2.0 * total + 2 * p,
+        "n_parameters": p,
         "n_iter": gm.n_iter_,
         "converged": gm.converged_,
         "seed": args.seed,
@@ -316,7 +337,7 @@ def _cmd_em(args):
         from pyro_vae.plots import plot_mixture_2d
 
         files.append(os.path.join(args.out, "mixture.png"))
-        storage.save_figure(plot_mixture_2d(x.cpu(), gm), files[2])
+        storage.save_figure(plot_mixture_2d(torch.cat(shown)[:20_000].cpu(), gm), files[2])
 
     if args.json:
         summary = {k: v for k, v in result.items() if k not in ("weights", "means", "covariances")}

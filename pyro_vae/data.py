@@ -4,6 +4,8 @@
   ``.npz``, ``.pt`` and IDX files (raw or ``.gz``), folders of MNIST-style IDX files, and the
   torchvision datasets ``"mnist"``, ``"fashion-mnist"`` and ``"kmnist"`` (downloaded only with
   ``download=True``). Images are flattened to ``(N, H * W)`` and pixel values scaled to [0, 1].
+* :class:`CsvChunks` reads a CSV file a block of rows at a time, again on every pass, for data
+  larger than memory (e.g. :meth:`pyro_vae.GaussianMixture.fit`).
 * :func:`load_mnist_10k` implements the MNIST-10k protocol on the real MNIST test digits.
 * :func:`binarize` (a Bernoulli draw, for dynamic binarization) and :func:`threshold` (static
   binarization).
@@ -41,6 +43,7 @@ __all__ = [
     "Data",
     "MixtureData",
     "load_data",
+    "CsvChunks",
     "load_mnist_10k",
     "find_mnist_dir",
     "read_idx",
@@ -401,9 +404,47 @@ def _file_kind(path):
                      + ", ".join(FILE_TYPES))
 
 
-def _read_csv(path):
-    import pandas as pd
+class CsvChunks:
+    """The rows of a CSV file, ``rows`` at a time; every iteration reads the file again.
 
+    The header row is detected and columns are chosen as by :func:`load_data`. Only one block
+    is in memory at a time, so a file larger than memory can be passed over repeatedly, as EM
+    does (:meth:`pyro_vae.GaussianMixture.fit` takes this object directly).
+
+    :param str path: a ``.csv`` file.
+    :param int rows: rows per block (>= 1).
+    :param columns: data columns (names, or indices without a header); default all numeric.
+    :param label_column: a column left out of the data.
+    :yields: float64 tensors of shape ``(rows, D)`` (the last block may be shorter).
+    """
+
+    def __init__(self, path, rows, columns=None, label_column=None):
+        path = os.fspath(path)
+        if not os.path.isfile(path):
+            raise FileNotFoundError(f"{path}: no such file")
+        if isinstance(rows, bool) or not isinstance(rows, int) or rows < 1:
+            raise ValueError(f"rows must be a positive integer, got {rows!r}")
+        self.path, self.rows, self.columns, self.label_column = path, rows, columns, label_column
+        self._header = _csv_header(path)
+
+    def __iter__(self):
+        import pandas as pd
+
+        base = os.path.basename(self.path)
+        start = 0
+        try:
+            reader = pd.read_csv(self.path, header=self._header, chunksize=self.rows)
+            for frame in reader:
+                name = f"{base} (data rows {start} to {start + len(frame) - 1})"
+                start += len(frame)
+                yield _from_frame(frame, self.columns, self.label_column, name)[0]
+        except (pd.errors.ParserError, UnicodeDecodeError) as e:
+            raise ValueError(f"{base}: cannot parse the CSV ({str(e).strip().splitlines()[0]}); every "
+                             "row needs the same number of comma-separated fields") from None
+
+
+def _csv_header(path):
+    """``0`` if the first row of the CSV is a header (not all numbers), else ``None``."""
     base = os.path.basename(path)
     try:
         with open(path, newline="", encoding="utf-8") as f:
@@ -413,7 +454,14 @@ def _read_csv(path):
                          "that it is a comma-separated text file") from None
     if first is None:
         raise ValueError(f"{base}: the file is empty; a CSV needs rows of numbers")
-    header = None if first and all(_is_number(c) for c in first) else 0
+    return None if first and all(_is_number(c) for c in first) else 0
+
+
+def _read_csv(path):
+    import pandas as pd
+
+    base = os.path.basename(path)
+    header = _csv_header(path)
     try:
         frame = pd.read_csv(path, header=header)
     except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, ValueError) as e:

@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from pyro_vae.data import (
+    CsvChunks,
     Data,
     MixtureData,
     binarize,
@@ -126,6 +127,29 @@ def test_csv_errors_name_columns_and_rows(tmp_path):
     h.write_text("a,b\n")
     with pytest.raises(ValueError, match="no data rows"):
         load_data(h)
+
+
+def test_csv_chunks_read_the_file_in_blocks_on_every_pass(tmp_path, table):
+    p = tmp_path / "with_header.csv"
+    frame = pd.DataFrame(table, columns=["u", "v", "w"])
+    frame["label"] = ["a", "b", "a", "b", "a", "b", "c"]
+    frame.to_csv(p, index=False, float_format="%.17g")
+    chunks = CsvChunks(p, 3, label_column="label")
+    for _ in range(2):  # re-iterable: each pass reads the file again
+        blocks = list(chunks)
+        assert [b.shape for b in blocks] == [(3, 3), (3, 3), (1, 3)]
+        assert torch.equal(torch.cat(blocks), load_data(p, label_column="label", dtype=torch.float64).x)
+    q = tmp_path / "no_header.csv"
+    np.savetxt(q, table, delimiter=",", fmt="%.17g")
+    assert torch.equal(torch.cat(list(CsvChunks(q, 5, columns=[0, 2]))), torch.from_numpy(table[:, [0, 2]]))
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,2\n3,4\n5,x\n")
+    with pytest.raises(ValueError, match=r"data rows 2 to 2.*'b'.*not numeric"):
+        list(CsvChunks(bad, 2))
+    with pytest.raises(ValueError, match="rows must be a positive integer"):
+        CsvChunks(q, 0)
+    with pytest.raises(FileNotFoundError):
+        CsvChunks(tmp_path / "missing.csv", 10)
 
 
 def test_npy_npz_pt_roundtrip(tmp_path, table):

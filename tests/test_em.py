@@ -687,6 +687,33 @@ def test_cli_em_writes_the_run_folder(tmp_path, capsys):
     assert not (tmp_path / "run3" / "mixture.png").exists()
 
 
+def test_cli_em_reads_a_csv_in_chunks(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    x, _ = mixture_data(300, seed=16)
+    data = tmp_path / "points.csv"
+    _write_csv(data, x.numpy())
+    results = []
+    for extra, out in (([], "whole"), (["--chunk-rows", "64"], "chunks")):
+        code = main(["em", "--data", str(data), "--components", "3", "--out", str(tmp_path / out),
+                     "--seed", "1", "--json", "--quiet", *extra])
+        assert code == 0
+        results.append(json.loads(capsys.readouterr().out))
+        assert (tmp_path / out / "mixture.png").is_file()
+    whole, chunks = results
+    assert chunks["n_samples"] == 300 and chunks["n_iter"] == whole["n_iter"]
+    for key in ("log_likelihood", "bic", "aic", "lower_bound"):
+        assert chunks[key] == pytest.approx(whole[key], rel=1e-10), key
+    means = [np.array(json.loads((tmp_path / o / "params.json").read_text())["means"]) for o in ("whole", "chunks")]
+    np.testing.assert_allclose(means[1], means[0], rtol=0, atol=1e-9)
+    assert main(["em", "--data", str(data), "--chunk-rows", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--chunk-rows must be" in capsys.readouterr().err
+    npy = tmp_path / "points.npy"
+    np.save(npy, x.numpy())
+    assert main(["em", "--data", str(npy), "--chunk-rows", "10", "--out", str(tmp_path / "y")]) == 2
+    assert "--chunk-rows reads CSV files" in capsys.readouterr().err
+
+
 @pytest.mark.parametrize("content, args, match", [
     (None, [], "no file"),
     ("a,b\n1,x\n2,y\n3,z\n", [], "not numeric"),
