@@ -105,7 +105,7 @@ def _cmd_train(args):
     from pyro_vae.runs import train_run
 
     vae, history = train_run(args.out, _train_overrides(args), resume=args.resume,
-                             quiet=args.quiet or args.json, device=args.device)
+                             quiet=args.quiet or args.json, device=_device(args.device))
     from pyro_vae.distributed import is_main_process
 
     if not is_main_process():  # under torchrun, rank 0 reports
@@ -172,11 +172,7 @@ def _cmd_evaluate(args):
             raise UsageError(f"{flag} must be a positive integer, got {value}")
     if args.gap_steps < 0:
         raise UsageError(f"--gap-steps must be a non-negative integer, got {args.gap_steps}")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    device = _device(args.device)
     vae, _, x = load_run(args.run_dir, device=device)
     if args.data:
         from pyro_vae.data import load_data
@@ -277,11 +273,7 @@ def _cmd_em(args):
     for value, flag in ((args.tol, "--tol"), (args.reg_covar, "--reg-covar")):
         if not value >= 0 or value == float("inf"):
             raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
-    device = args.device
-    if device == "auto":
-        device = "cuda" if torch.cuda.is_available() else "cpu"
-    if device.startswith("cuda") and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    device = _device(args.device)
 
     if args.chunk_rows is None:
         x = load_data(args.data, dtype=torch.float64, scale=None).x.to(device)
@@ -402,7 +394,7 @@ def _cmd_compare(args):
         raise UsageError("--epochs and --num-samples must be positive")
     comp = run_comparison(data, args.components, labels=labels, covariance_type=args.covariance,
                           epochs=args.epochs, num_samples=args.num_samples, seed=args.seed,
-                          n_samples=args.n_samples, dim=args.dim, device=args.device,
+                          n_samples=args.n_samples, dim=args.dim, device=_device(args.device),
                           quiet=args.quiet or args.json)
     paths = save_comparison(comp, args.out)
     if args.json:
@@ -428,6 +420,24 @@ def build_parser():
     _add_compare(sub)
     return parser
 
+
+
+def _device(text):
+    """The ``--device`` argument: ``None`` (the command's default), ``"auto"`` (CUDA when present)
+    or a torch device string; an unknown or absent device is a usage error."""
+    import torch
+
+    if text is None:
+        return None
+    if text == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    try:
+        device = torch.device(text)
+    except RuntimeError:
+        raise UsageError(f"--device {text!r} is not a device; use cpu, cuda, cuda:N or auto") from None
+    if device.type == "cuda" and not torch.cuda.is_available():
+        raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
+    return text
 
 
 def _check_launch(command):

@@ -147,7 +147,10 @@ class GaussianMixture:
         if dtype not in (torch.float64, torch.float32):
             raise TypeError(f"dtype must be torch.float64 or torch.float32, got {dtype}")
         self.dtype = dtype
-        self.device = None if device is None else torch.device(device)
+        try:
+            self.device = None if device is None else torch.device(device)
+        except RuntimeError:
+            raise ValueError(f"device={device!r} is not a device; use 'cpu', 'cuda' or 'cuda:N'") from None
         if seed is not None:
             seed = _check_int(seed, "seed", 0)
         self.seed = seed

@@ -51,6 +51,8 @@ def test_train_on_images_writes_grids(tmp_path):
     (["train", "--data", "/nonexistent/file.csv"], "nonexistent"),
     (["train", "--data", "synthetic", "--epochs", "0"], "epochs"),
     (["train", "--data", "synthetic", "--prior", "banana"], "prior"),
+    (["train", "--data", "synthetic", "--device", "gpu"], "--device 'gpu' is not a device"),
+    (["demo", "--device", "gpu"], "--device 'gpu' is not a device"),
 ])
 def test_train_bad_input_is_one_line_exit_2(tmp_path, capsys, argv, needle):
     assert main(argv + ["--out", str(tmp_path / "r")]) == 2
@@ -91,3 +93,9 @@ def test_only_train_runs_under_torchrun(command, monkeypatch, capsys):
     assert main(command) == 2
     err = capsys.readouterr().err.strip()
     assert len(err.splitlines()) == 1 and "torchrun" in err and "only 'pyro-vae train'" in err
+
+
+def test_evaluate_bad_device_is_one_line_exit_2(tmp_path, capsys):
+    assert main(["evaluate", str(tmp_path), "--device", "gpu"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert len(err.splitlines()) == 1 and "--device 'gpu' is not a device" in err

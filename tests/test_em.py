@@ -494,6 +494,7 @@ def test_bad_data_is_rejected_with_a_message(bad, match):
     ({"max_iter": -1}, ValueError, "max_iter must be"),
     ({"n_init": 0}, ValueError, "n_init must be"),
     ({"dtype": torch.int64}, TypeError, "dtype"),
+    ({"device": "gpu"}, ValueError, "device='gpu' is not a device"),
 ])
 def test_bad_settings_are_rejected(kwargs, error, match):
     args = {"n_components": 2, **kwargs}
@@ -720,6 +721,7 @@ def test_cli_em_reads_a_csv_in_chunks(tmp_path, capsys):
     ("a,b\n1,2\n,3\n4,5\n", [], "missing values"),
     ("a,b\n1,2\n3,4\n", ["--components", "5"], "rows but --components 5"),
     ("a,b\n1,2\n3,4\n", ["--components", "0"], "--components must be"),
+    ("a,b\n1,2\n3,4\n", ["--device", "gpu"], "--device 'gpu' is not a device"),
 ])
 def test_cli_em_bad_input_exits_with_code_2(tmp_path, capsys, content, args, match):
     from pyro_vae.cli import main

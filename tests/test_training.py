@@ -137,6 +137,8 @@ def test_bad_inputs_get_clear_errors():
         fit(_vae(), x, batch_size=0)
     with pytest.raises(ValueError, match="val_data"):
         fit(_vae(), x, patience=3)
+    with pytest.raises(ValueError, match="device='gpu' is not a device"):
+        fit(_vae(), x, device="gpu")
     with pytest.raises(ValueError, match="iwae"):
         fit(_vae(beta=0.5), x, objective="iwae", num_particles=2)
     with pytest.raises(TypeError, match="Tensor"):
