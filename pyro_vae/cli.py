@@ -298,9 +298,9 @@ def _cmd_em(args):
     total, n, shown = 0.0, 0, []
     for block in chunks:
         total += float(gm.score_samples(block).sum())
+        if n < 20_000:
+            shown.append(block[:20_000 - n])
         n += block.shape[0]
-        if sum(b.shape[0] for b in shown) < 20_000:
-            shown.append(block[:20_000])
     d = gm.n_features_in_
     p = gm.n_parameters()
     result = {
@@ -329,7 +329,7 @@ def _cmd_em(args):
         from pyro_vae.plots import plot_mixture_2d
 
         files.append(os.path.join(args.out, "mixture.png"))
-        storage.save_figure(plot_mixture_2d(torch.cat(shown)[:20_000].cpu(), gm), files[2])
+        storage.save_figure(plot_mixture_2d(torch.cat(shown).cpu(), gm), files[2])
 
     if args.json:
         summary = {k: v for k, v in result.items() if k not in ("weights", "means", "covariances")}
@@ -350,35 +350,36 @@ def _cmd_em(args):
 # compare / demo
 # ---------------------------------------------------------------------------------------
 def _add_compare(sub):
-    for name in ("compare", "demo"):
-        if name == "compare":
-            p = sub.add_parser(
-                "compare", help="compare VAEs against EM on Gaussian-mixture data",
-                description="Fit a Gaussian mixture by EM and two VAEs (standard-normal prior; "
-                "mixture prior) on the same data; score all on held-out data. Writes "
-                "comparison.csv and PNG plots to --out.")
-            p.add_argument("--data", help="CSV file of numeric columns (default: a synthetic mixture)")
-            p.add_argument("--label-column", help="column of true component labels in --data (for the ARI)")
-            out_default = "runs/compare"
-        else:
-            p = sub.add_parser(
-                "demo", help="the comparison on a built-in synthetic 2-D mixture (no download)",
-                description="VAE versus EM on a synthetic 2-D mixture of 3 Gaussians; about a minute on 2 CPU cores.")
-            out_default = "runs/demo"
-        p.add_argument("--components", type=int, default=3, help="mixture components K (default 3)")
-        p.add_argument("--covariance", default="full", choices=["full", "diag", "tied", "spherical"])
-        p.add_argument("--epochs", type=int, default=100, help="VAE training epochs (default 100)")
-        p.add_argument("--num-samples", type=int, default=1000,
-                       help="importance samples per held-out point for the VAEs (default 1000)")
-        p.add_argument("--n-samples", type=int, default=4000, help="synthetic data size (default 4000)")
-        p.add_argument("--dim", type=int, default=2, help="synthetic data dimension (default 2)")
-        p.add_argument("--seed", type=int, default=0)
-        p.add_argument("--device", default=None, help="cpu, cuda or auto")
-        p.add_argument("--out", default=out_default, help=f"output folder (default {out_default})")
-        p.add_argument("--quiet", action="store_true", help="no progress bars")
-        p.add_argument("--json", action="store_true", help="print one JSON object with the table")
-        p.set_defaults(func=_cmd_compare)
+    p = sub.add_parser(
+        "compare", help="compare VAEs against EM on Gaussian-mixture data",
+        description="Fit a Gaussian mixture by EM and two VAEs (standard-normal prior; "
+        "mixture prior) on the same data; score all on held-out data. Writes "
+        "comparison.csv and PNG plots to --out.")
+    p.add_argument("--data", help="CSV file of numeric columns (default: a synthetic mixture)")
+    p.add_argument("--label-column", help="column of true component labels in --data (for the ARI)")
+    _add_comparison_options(p, "runs/compare")
+    d = sub.add_parser(
+        "demo", help="the comparison on a built-in synthetic 2-D mixture (no download)",
+        description="VAE versus EM on a synthetic 2-D mixture of 3 Gaussians; about a minute on 2 CPU cores.")
+    _add_comparison_options(d, "runs/demo")
     return p
+
+
+def _add_comparison_options(p, out_default):
+    """The options ``compare`` and ``demo`` share."""
+    p.add_argument("--components", type=int, default=3, help="mixture components K (default 3)")
+    p.add_argument("--covariance", default="full", choices=["full", "diag", "tied", "spherical"])
+    p.add_argument("--epochs", type=int, default=100, help="VAE training epochs (default 100)")
+    p.add_argument("--num-samples", type=int, default=1000,
+                   help="importance samples per held-out point for the VAEs (default 1000)")
+    p.add_argument("--n-samples", type=int, default=4000, help="synthetic data size (default 4000)")
+    p.add_argument("--dim", type=int, default=2, help="synthetic data dimension (default 2)")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--device", default=None, help="cpu, cuda or auto")
+    p.add_argument("--out", default=out_default, help=f"output folder (default {out_default})")
+    p.add_argument("--quiet", action="store_true", help="no progress bars")
+    p.add_argument("--json", action="store_true", help="print one JSON object with the table")
+    p.set_defaults(func=_cmd_compare)
 
 
 def _cmd_compare(args):

@@ -257,10 +257,6 @@ def all_reduce(tensor, op="sum", what="all_reduce"):
     return tensor
 
 
-def _all_reduce_max(tensor, what):
-    return all_reduce(tensor, "max", what)
-
-
 def broadcast(tensor, what="broadcast"):
     """Copy rank 0's ``tensor`` into ``tensor`` on every process; a no-op in a single-process run.
 
@@ -448,7 +444,7 @@ class Replicas:
     def _check_same_batch(self, x, num_data):
         stats = torch.tensor([float(num_data), float(x.shape[0]), float(x.double().sum())],
                              dtype=torch.float64, device=self.device)
-        both = _all_reduce_max(torch.cat([stats, -stats]), "check of the training data")
+        both = all_reduce(torch.cat([stats, -stats]), "max", "check of the training data")
         high, low = both[:3], -both[3:]
         if not torch.equal(high, low):
             raise ValueError(

@@ -199,18 +199,17 @@ class GaussianMixture:
         :returns: ``self``.
         """
         chunks = _chunks_of(X)
-        first = X if chunks is None else None
-        if self.device is None and isinstance(first, torch.Tensor):
-            device = first.device
+        if chunks is None and self.device is None and isinstance(X, torch.Tensor):
+            device = X.device
         else:
             device = self.device or torch.device("cpu")
         _dist.init_process_group(device)
-        distributed = _dist.is_initialized() and _dist.get_world_size() > 1
-        if chunks is not None or distributed:
-            data = _ChunkedData([X] if chunks is None else chunks, self.dtype,
-                                None if chunks is not None and self.device is None else device,
-                                self.covariance_type, self.n_components, self.algorithm)
-            return self._fit_chunks(data)
+        if chunks is not None:   # the device of chunks is that of the first one unless given
+            return self._fit_chunks(_ChunkedData(chunks, self.dtype, self.device, self.covariance_type,
+                                                 self.n_components, self.algorithm))
+        if _dist.is_initialized() and _dist.get_world_size() > 1:
+            return self._fit_chunks(_ChunkedData([X], self.dtype, device, self.covariance_type,
+                                                 self.n_components, self.algorithm))
         X = _as_2d_tensor(X, self.dtype, device, "X")
         n, d = X.shape
         if n < self.n_components:
@@ -264,12 +263,12 @@ class GaussianMixture:
         given = self._given_parameters(data.d, data.device)
         all_given = all(v is not None for v in given.values())
         gen = torch.Generator().manual_seed(self._seed())
-        sample = None
+        ws = None   # rank 0's first rows, for a data-dependent initialization
         if not all_given and _dist.is_main_process():
-            sample = data.head(_INIT_ROWS)
+            ws = _Workspace(data.head(_INIT_ROWS), self.covariance_type, "centered", k)
         best = None
         for run in range(1 if all_given else self.n_init):
-            params = self._shared_initial_parameters(sample, gen, given, shift, data)
+            params = self._shared_initial_parameters(ws, gen, given, shift, data)
             result = self._run_em(lambda p: self._chunked_iteration(data, p), params)
             if best is None or result["lower_bound"] > best["lower_bound"]:
                 best = result
@@ -280,20 +279,19 @@ class GaussianMixture:
             return self.seed
         return int(torch.randint(0, 2**62, (1,)).item())
 
-    def _shared_initial_parameters(self, sample, gen, given, shift, data):
-        """Initial parameters computed on rank 0's first rows and sent to every process."""
+    def _shared_initial_parameters(self, ws, gen, given, shift, data):
+        """Initial parameters computed on rank 0's first rows (``ws``) and sent to every process."""
         if all(v is not None for v in given.values()):
             return self._initial_parameters(None, gen, given, shift)
         k, d, ct = self.n_components, data.d, self.covariance_type
         params, error = None, None
         if _dist.is_main_process():
             try:
-                if sample.shape[0] < k:
+                if ws.n < k:
                     raise ValueError(
-                        f"rank 0 holds {sample.shape[0]} samples, fewer than n_components={k}, to "
+                        f"rank 0 holds {ws.n} samples, fewer than n_components={k}, to "
                         "initialize from; give it more data, or pass weights_init, means_init and "
                         "precisions_init")
-                ws = _Workspace(sample, ct, "centered", k)
                 params = self._initial_parameters(ws, gen, given, shift)
             except ValueError as e:
                 error = e

@@ -27,7 +27,7 @@ log = logging.getLogger(__name__)
 #: settings of ``pyro-vae train`` when nothing is given
 DEFAULT_CONFIG = {
     "data": {"source": "mnist10k", "binarize": True, "test_fraction": 0.1, "split_seed": 0},
-    # VampPrior, batch 64, lr 2e-3 with cosine decay: held-out log p(x) -93.6 nats on the
+    # VampPrior, batch 64, lr 2e-3 with cosine decay: held-out log p(x) -93.4 nats on the
     # MNIST-10k protocol after 100 epochs (bench/results_quality.md)
     "model": {"latent_dim": 50, "hidden": [400], "activation": "softplus",
               "prior": "vamp", "likelihood": "auto", "beta": 1.0},
