@@ -88,7 +88,8 @@ class PlainVAE(nn.Module):
         return -(log_px + log_pz - log_q).mean()
 
 
-def plain_epochs(model, optimizer, data, epochs, gen, batch):
+def timed_epochs(step, data, epochs, gen, batch):
+    """Epoch times of ``step(xb) -> loss`` over seeded minibatches with dynamic binarization."""
     n = data.shape[0]
     times = []
     for _ in range(epochs):
@@ -97,13 +98,20 @@ def plain_epochs(model, optimizer, data, epochs, gen, batch):
         total = 0.0
         for b in range(math.ceil(n / batch)):
             xb = torch.bernoulli(data[perm[b * batch:(b + 1) * batch]], generator=gen)
-            optimizer.zero_grad(set_to_none=True)
-            loss = model.loss(xb)
-            loss.backward()
-            optimizer.step()
-            total += loss.item() * xb.shape[0]
+            total += step(xb) * xb.shape[0]
         times.append(time.perf_counter() - t0)
     return times
+
+
+def plain_epochs(model, optimizer, data, epochs, gen, batch):
+    def step(xb):
+        optimizer.zero_grad(set_to_none=True)
+        loss = model.loss(xb)
+        loss.backward()
+        optimizer.step()
+        return loss.item()
+
+    return timed_epochs(step, data, epochs, gen, batch)
 
 
 # --------------------------------------------------------------------------- textbook Pyro
@@ -133,17 +141,7 @@ class TextbookVAE(nn.Module):
 
 
 def textbook_epochs(svi, data, epochs, gen):
-    n = data.shape[0]
-    times = []
-    for _ in range(epochs):
-        t0 = time.perf_counter()
-        perm = torch.randperm(n, generator=gen)
-        total = 0.0
-        for b in range(math.ceil(n / BATCH)):
-            xb = torch.bernoulli(data[perm[b * BATCH:(b + 1) * BATCH]], generator=gen)
-            total += svi.step(xb)
-        times.append(time.perf_counter() - t0)
-    return times
+    return timed_epochs(svi.step, data, epochs, gen, BATCH)
 
 
 # --------------------------------------------------------------------------- pyro_vae.fit

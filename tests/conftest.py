@@ -17,3 +17,13 @@ def _seed_and_clear():
     pyro.clear_param_store()
     yield
     pyro.clear_param_store()
+
+
+@pytest.fixture
+def one_thread():
+    """One torch thread for the test: many small operations, where starting threads costs more
+    than it saves on a busy machine."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)

@@ -15,13 +15,7 @@ import linear_gaussian
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many tiny optimization steps: one thread avoids thread start-up costs on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small operations
 
 
 class LinearGaussianVAE(nn.Module):

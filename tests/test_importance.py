@@ -17,13 +17,7 @@ import linear_gaussian
 F64 = torch.float64
 
 
-@pytest.fixture(autouse=True)
-def _one_thread():
-    """Many small vectorized passes: one thread avoids thread start-up costs on a busy machine."""
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(threads)
+pytestmark = pytest.mark.usefixtures("one_thread")  # many small operations
 
 
 # ----------------------------------------------------------------------------- linear-Gaussian model
