@@ -29,6 +29,7 @@ import torch
 import pyro
 import pyro.distributions as dist
 
+from pyro_vae.distributions import NormalEvent
 from pyro_vae.importance import (
     DATA_PLATE, _check_data, _check_positive_int, _fork_rng, _log_weights, _param_store_guard,
     log_likelihood,
@@ -158,7 +159,7 @@ class _LocalGaussian:
             raise ValueError(f"this guide holds parameters for {self.loc.shape[0]} datapoints, "
                              f"got {x.shape[0]}")
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            pyro.sample("z", dist.Normal(self.loc, self.scale).to_event(1))
+            pyro.sample("z", NormalEvent(self.loc, self.scale))
 
 
 class _DefensiveMixture:
@@ -171,7 +172,7 @@ class _DefensiveMixture:
     def __call__(self, x, *args, **kwargs):
         n = self.loc.shape[0]
         mix = dist.Categorical(logits=torch.zeros(n, 2, dtype=self.loc.dtype, device=self.loc.device))
-        components = dist.Normal(self.loc, self.scale).to_event(1)
+        components = NormalEvent(self.loc, self.scale)
         with pyro.plate(DATA_PLATE, x.shape[0]):
             pyro.sample("z", dist.MixtureSameFamily(mix, components))
 

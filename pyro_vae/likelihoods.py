@@ -29,6 +29,7 @@ from torch.nn import functional as F
 
 import pyro.distributions as dist
 
+from pyro_vae.distributions import BernoulliEvent, NormalEvent
 from pyro_vae.priors import _inv_softplus, _names, _parse_spec, _positive_float, _positive_int
 
 __all__ = [
@@ -127,11 +128,14 @@ class Likelihood(nn.Module):
 
 
 class Bernoulli(Likelihood):
-    """p(x|z) = prod_i Bernoulli(x_i | sigmoid(out_i)); binary data, the decoder outputs logits."""
+    """p(x|z) = prod_i Bernoulli(x_i | sigmoid(out_i)); binary data, the decoder outputs logits.
+
+    The distribution is a :class:`~pyro_vae.distributions.BernoulliEvent`,
+    ``Bernoulli(logits=out).to_event(1)`` with a cheaper ``log_prob``."""
 
     def forward(self, out):
         self._check_out(out)
-        return dist.Bernoulli(logits=out).to_event(1)
+        return BernoulliEvent(out)
 
     def mean(self, out):
         self._check_out(out)
@@ -194,7 +198,7 @@ class Gaussian(Likelihood):
 
     def forward(self, out):
         self._check_out(out)
-        return dist.Normal(out, self.scale.expand(out.shape)).to_event(1)
+        return NormalEvent(out, self.scale.expand(out.shape))
 
     def mean(self, out):
         self._check_out(out)
@@ -247,7 +251,7 @@ class GaussianShared(_LearnedScale):
 
     def forward(self, out):
         self._check_out(out)
-        return dist.Normal(out, self.scale.expand(out.shape)).to_event(1)
+        return NormalEvent(out, self.scale.expand(out.shape))
 
 
 class GaussianFeature(_LearnedScale):
@@ -263,7 +267,7 @@ class GaussianFeature(_LearnedScale):
 
     def forward(self, out):
         self._check_out(out)
-        return dist.Normal(out, self.scale.expand(out.shape)).to_event(1)
+        return NormalEvent(out, self.scale.expand(out.shape))
 
 
 class Laplace(_LearnedScale):
@@ -302,7 +306,7 @@ class GaussianDecoder(Likelihood):
     def forward(self, out):
         self._check_out(out)
         loc, raw = out.split(self.data_dim, dim=-1)
-        return dist.Normal(loc, F.softplus(raw) + self.min_scale).to_event(1)
+        return NormalEvent(loc, F.softplus(raw) + self.min_scale)
 
     def mean(self, out):
         self._check_out(out)

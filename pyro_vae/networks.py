@@ -8,7 +8,6 @@ p(x|z). Any leading batch dimensions are allowed, so particles can be vectorized
 
 import math
 
-import torch
 from torch import nn
 from torch.nn import functional as F
 

@@ -29,6 +29,8 @@ from torch.nn import functional as F
 
 import pyro.distributions as dist
 
+from pyro_vae.distributions import NormalEvent
+
 __all__ = [
     "Prior",
     "StandardNormal",
@@ -91,7 +93,7 @@ class StandardNormal(Prior):
         self.register_buffer("scale", torch.ones(self.latent_dim))
 
     def forward(self):
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        return NormalEvent(self.loc, self.scale)
 
     def describe(self):
         return {"name": "normal", "latent_dim": self.latent_dim}
@@ -121,7 +123,7 @@ class DiagonalNormal(Prior):
         return F.softplus(self.raw_scale) + self.min_scale
 
     def forward(self):
-        return dist.Normal(self.loc, self.scale).to_event(1)
+        return NormalEvent(self.loc, self.scale)
 
     def describe(self):
         return {"name": "learned_normal", "latent_dim": self.latent_dim, "min_scale": self.min_scale}
@@ -200,7 +202,7 @@ class MixtureOfGaussians(Prior):
     def forward(self):
         return dist.MixtureSameFamily(
             dist.Categorical(logits=self.logits),
-            dist.Normal(self.means, self.scales).to_event(1),
+            NormalEvent(self.means, self.scales),
         )
 
     def describe(self):
@@ -253,7 +255,7 @@ class VampPrior(Prior):
         loc, scale = self.encoder(self.pseudo_inputs)
         return dist.MixtureSameFamily(
             dist.Categorical(logits=torch.zeros(loc.shape[:-1], dtype=loc.dtype, device=loc.device)),
-            dist.Normal(loc, scale).to_event(1),
+            NormalEvent(loc, scale),
         )
 
     def describe(self):

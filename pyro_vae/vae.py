@@ -15,9 +15,9 @@ import torch
 from torch import nn
 
 import pyro
-import pyro.distributions as dist
 from pyro import poutine
 
+from pyro_vae.distributions import NormalEvent
 from pyro_vae.likelihoods import check_likelihood, make_likelihood
 from pyro_vae.networks import Decoder, Encoder
 from pyro_vae.priors import check_prior, make_prior
@@ -126,8 +126,8 @@ class VAE(nn.Module):
     def _plate(self, x, num_data):
         n = x.shape[0]
         if num_data is None or num_data == n:
-            return pyro.plate("data", n)
-        return pyro.plate("data", size=int(num_data), subsample=self._subsample(n, x.device))
+            return pyro.plate("data", n, device=x.device)
+        return pyro.plate("data", size=int(num_data), subsample=self._subsample(n, x.device), device=x.device)
 
     def _subsample(self, n, device):
         """``torch.arange(n)`` on ``device``, kept between calls (minibatches repeat their size)."""
@@ -201,7 +201,7 @@ class VAE(nn.Module):
         with self._plate(x, num_data):
             loc, scale = self.encoder(x)
             with self._kl_scale():
-                pyro.sample("z", dist.Normal(loc, scale).to_event(1))
+                pyro.sample("z", NormalEvent(loc, scale))
 
     # ------------------------------------------------------------------ conveniences
     @torch.no_grad()
