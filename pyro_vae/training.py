@@ -68,6 +68,9 @@ class _Objective:
             self._log_weights = log_weights
         else:
             self.elbo = _pyro_elbo(objective, num_particles, vectorize_particles)
+            # trace / meanfield: q(z|x) as an effect handler, one program run per step instead
+            # of a guide run and a model replay (the same ELBO; see vae.AmortizedGuide)
+            self.guide = vae.effect_guide() if objective != "tracegraph" else vae.guide
 
     def step(self, x, num_data):
         if self.objective == "iwae":
@@ -79,7 +82,7 @@ class _Objective:
         if self.objective != "tracegraph":
             # Trace_ELBO / TraceMeanField_ELBO: their surrogate loss, differentiated here; dividing
             # by num_data after the sum gives nats per datapoint without extra Pyro handlers
-            loss = self.elbo.differentiable_loss(self.vae.model, self.vae.guide, x, num_data=num_data)
+            loss = self.elbo.differentiable_loss(self.vae.model, self.guide, x, num_data=num_data)
             loss = loss / num_data
             loss.backward()
             return loss.item()

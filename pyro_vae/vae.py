@@ -16,13 +16,14 @@ from torch import nn
 
 import pyro
 from pyro import poutine
+from pyro.poutine.guide import GuideMessenger
 
 from pyro_vae.distributions import NormalEvent
 from pyro_vae.likelihoods import check_likelihood, make_likelihood
 from pyro_vae.networks import Decoder, Encoder
 from pyro_vae.priors import check_prior, make_prior
 
-__all__ = ["VAE"]
+__all__ = ["VAE", "AmortizedGuide"]
 
 
 class VAE(nn.Module):
@@ -199,9 +200,23 @@ class VAE(nn.Module):
         if self._registering:
             self._register_guide()
         with self._plate(x, num_data):
-            loc, scale = self.encoder(x)
+            q = self.posterior(x)
             with self._kl_scale():
-                pyro.sample("z", NormalEvent(loc, scale))
+                pyro.sample("z", q)
+
+    def posterior(self, x):
+        """q(z|x) as a distribution (with gradients; :meth:`encode` gives its parameters
+        without).
+
+        :param torch.Tensor x: data, shape ``(N, D)``.
+        :returns: a diagonal Normal with batch shape ``(N,)`` and event shape ``(L,)``.
+        """
+        loc, scale = self.encoder(x)
+        return NormalEvent(loc, scale)
+
+    def effect_guide(self):
+        """The guide as an effect handler: :class:`AmortizedGuide` for this VAE."""
+        return AmortizedGuide(self)
 
     # ------------------------------------------------------------------ conveniences
     @torch.no_grad()
@@ -286,6 +301,32 @@ class VAE(nn.Module):
             prior=cfg["prior"], likelihood=cfg["likelihood"], activation=cfg["activation"],
             beta=cfg["beta"], name=cfg.get("name", "vae"),
         )
+
+
+class AmortizedGuide(GuideMessenger):
+    """The guide of a :class:`VAE` as an effect-based guide (:class:`pyro.poutine.guide.GuideMessenger`).
+
+    ``AmortizedGuide(vae)`` is the same q(z|x) as ``vae.guide``, applied differently: called
+    as ``guide(x, num_data)`` it runs ``vae.model`` once and hands it q(z|x) at its ``"z"``
+    site, where ``vae.guide`` runs a program of its own whose trace the model is then replayed
+    against. Trace-based ELBOs (``Trace_ELBO``, ``TraceMeanField_ELBO``) accept either and give
+    the same value and gradients for the same random draws; this one runs one program and one
+    plate per step instead of two. :func:`pyro_vae.fit` trains with it.
+
+    :param VAE vae: the model whose encoder supplies q(z|x).
+    """
+
+    def __init__(self, vae):
+        super().__init__(vae.model)
+        self.vae = vae
+
+    def get_posterior(self, name, prior):
+        """q(z|x) at the ``"z"`` site of the model, for the ``x`` the guide was called with."""
+        if name != "z":
+            raise ValueError(f"the VAE's guide has no distribution for the sample site {name!r}; "
+                             "the model's only latent site is 'z'")
+        (x, *_), _ = self.args_kwargs
+        return self.vae.posterior(x)
 
 
 def _like(module):

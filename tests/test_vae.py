@@ -124,6 +124,44 @@ def test_beta_scales_only_the_kl_term():
     assert -loss == pytest.approx((ll + 0.25 * (log_pz - log_qz)).item(), rel=1e-10)
 
 
+@pytest.mark.parametrize("prior", ["normal", "mixture", "vamp"])
+@pytest.mark.parametrize("beta", [1.0, 0.5])
+@pytest.mark.parametrize("elbo", [Trace_ELBO(max_plate_nesting=1),
+                                  Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
+                                  Trace_ELBO(num_particles=2, max_plate_nesting=1),
+                                  TraceMeanField_ELBO(num_particles=3, vectorize_particles=True,
+                                                      max_plate_nesting=1)],
+                         ids=["trace", "trace-vectorized", "trace-loop", "meanfield"])
+def test_effect_guide_gives_the_guide_programs_elbo_and_gradients(prior, beta, elbo):
+    """fit trains with AmortizedGuide; for the same draws it must be vae.guide exactly."""
+    vae = VAE(12, 3, hidden=(8,), prior=prior, likelihood="bernoulli", beta=beta, seed=0)
+    x = torch.bernoulli(torch.full((10, 12), 0.3))
+    results = []
+    for guide in (vae.guide, vae.effect_guide()):
+        pyro.set_rng_seed(1)
+        with pyro.validation_enabled(True):
+            loss = elbo.differentiable_loss(vae.model, guide, x, num_data=100)
+        grads = torch.autograd.grad(loss, list(vae.parameters()), allow_unused=True)
+        results.append((loss, grads))
+    (loss_a, grads_a), (loss_b, grads_b) = results
+    torch.testing.assert_close(loss_a, loss_b, rtol=1e-6, atol=1e-4)
+    for ga, gb in zip(grads_a, grads_b):
+        assert (ga is None) == (gb is None)
+        if ga is not None:
+            torch.testing.assert_close(ga, gb, rtol=1e-5, atol=1e-5)
+
+
+def test_effect_guide_refuses_a_site_it_has_no_distribution_for():
+    class WithGlobal(VAE):
+        def model(self, x, num_data=None):
+            super().model(x, num_data)
+            pyro.sample("w", dist.Normal(0.0, 1.0))
+
+    guide = WithGlobal(6, 2, hidden=(4,), likelihood="gaussian", seed=0).effect_guide()
+    with pytest.raises(ValueError, match="'w'"):
+        guide(torch.zeros(3, 6))
+
+
 # ----------------------------------------------------------------------------- shapes and helpers
 @pytest.mark.parametrize("prior", ["normal", "learned_normal", "laplace", "studentt", "mixture", "vamp"])
 def test_model_and_guide_run_with_every_prior(prior):
