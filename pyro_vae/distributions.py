@@ -26,7 +26,15 @@ __all__ = ["NormalEvent", "BernoulliEvent"]
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
 
-class NormalEvent(dist.Independent):
+class _VectorEvent(dist.Independent):
+    """``Independent(base, 1)`` built from its parameters; ``expand`` keeps the subclass."""
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(type(self), _instance)
+        return super().expand(batch_shape, _instance=new)
+
+
+class NormalEvent(_VectorEvent):
     """``Normal(loc, scale).to_event(1)``: a diagonal Gaussian over vectors of size ``D``.
 
     :param torch.Tensor loc: means, shape ``(..., D)``.
@@ -46,10 +54,6 @@ class NormalEvent(dist.Independent):
     def scale(self):
         return self.base_dist.scale
 
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(NormalEvent, _instance)
-        return super().expand(batch_shape, _instance=new)
-
     def log_prob(self, value):
         """
         :param torch.Tensor value: points, shape broadcastable with ``(..., D)``.
@@ -62,7 +66,7 @@ class NormalEvent(dist.Independent):
         return (-0.5 * u.square() - base.scale.log()).sum(-1) - self.event_shape[0] * _LOG_SQRT_2PI
 
 
-class BernoulliEvent(dist.Independent):
+class BernoulliEvent(_VectorEvent):
     """``Bernoulli(logits=logits).to_event(1)``: independent binary features.
 
     ``Bernoulli.log_prob`` negates the elementwise cross-entropy of the whole ``(..., D)``
@@ -79,10 +83,6 @@ class BernoulliEvent(dist.Independent):
     @property
     def logits(self):
         return self.base_dist.logits
-
-    def expand(self, batch_shape, _instance=None):
-        new = self._get_checked_instance(BernoulliEvent, _instance)
-        return super().expand(batch_shape, _instance=new)
 
     def log_prob(self, value):
         """
