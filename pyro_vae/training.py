@@ -37,6 +37,7 @@ from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import distributed as _dist
 from pyro_vae import storage
+from pyro_vae.vae import VAE
 
 __all__ = ["fit", "OBJECTIVES", "HISTORY_COLUMNS", "evaluate_elbo"]
 
@@ -69,8 +70,10 @@ class _Objective:
         else:
             self.elbo = _pyro_elbo(objective, num_particles, vectorize_particles)
             # trace / meanfield: q(z|x) as an effect handler, one program run per step instead
-            # of a guide run and a model replay (the same ELBO; see vae.AmortizedGuide)
-            self.guide = vae.effect_guide() if objective != "tracegraph" else vae.guide
+            # of a guide run and a model replay (the same ELBO; see vae.AmortizedGuide), unless
+            # a subclass wrote a guide program of its own
+            own_guide = type(vae).guide is not VAE.guide
+            self.guide = vae.guide if objective == "tracegraph" or own_guide else vae.effect_guide()
 
     def step(self, x, num_data):
         if self.objective == "iwae":

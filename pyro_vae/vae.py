@@ -325,8 +325,8 @@ class AmortizedGuide(GuideMessenger):
         if name != "z":
             raise ValueError(f"the VAE's guide has no distribution for the sample site {name!r}; "
                              "the model's only latent site is 'z'")
-        (x, *_), _ = self.args_kwargs
-        return self.vae.posterior(x)
+        args, kwargs = self.args_kwargs
+        return self.vae.posterior(args[0] if args else kwargs["x"])
 
 
 def _like(module):

@@ -143,3 +143,29 @@ def test_bad_inputs_get_clear_errors():
         fit(_vae(beta=0.5), x, objective="iwae", num_particles=2)
     with pytest.raises(TypeError, match="Tensor"):
         fit(_vae(), [[0.0] * 16])
+
+
+def test_fit_trains_a_subclass_with_its_own_guide_program():
+    """fit runs q(z|x) as an effect handler only for the VAE's own guide: an overridden guide
+    program is what gets trained."""
+    import pyro
+    from pyro_vae.distributions import NormalEvent
+
+    calls = []
+
+    class FixedScale(VAE):
+        def guide(self, x, num_data=None):
+            calls.append(x.shape[0])
+            with self._plate(x, num_data):
+                loc, _ = self.encoder(x)
+                pyro.sample("z", NormalEvent(loc, 0.1 * torch.ones_like(loc)))
+
+    vae = FixedScale(16, 2, hidden=(16,), likelihood="bernoulli", seed=0)
+    x = _binary_data(40)
+    fit(vae, x, epochs=2, batch_size=20, quiet=True)
+    assert calls == [20] * 4
+    # the scale branch of the encoder never entered the loss, so it got no gradient and kept
+    # its initial weights, while the location branch was trained
+    init = FixedScale(16, 2, hidden=(16,), likelihood="bernoulli", seed=0)
+    w, w0 = vae.encoder.net[-1].weight, init.encoder.net[-1].weight
+    assert torch.equal(w[2:], w0[2:]) and not torch.equal(w[:2], w0[:2])
