@@ -257,9 +257,18 @@ def test_bad_arrays(bad, message):
         load_data(bad)
 
 
-def test_named_dataset_without_files_asks_for_download(tmp_path):
+def test_named_dataset_without_files_asks_for_download(tmp_path, monkeypatch):
+    """Without the files and with download=False, nothing touches the network: the error
+    names the option that would download them."""
+    import socket
+
+    def no_network(*args, **kwargs):
+        raise AssertionError("load_data tried to open a network connection")
+
+    monkeypatch.setattr(socket.socket, "connect", no_network)
+    monkeypatch.setattr(socket, "create_connection", no_network)
     for name in ("mnist", "fashion-mnist", "kmnist"):
-        with pytest.raises(FileNotFoundError, match="download=True"):
+        with pytest.raises(FileNotFoundError, match="pass download=True"):
             load_data(name, root=tmp_path, download=False)
 
 
