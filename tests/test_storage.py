@@ -34,3 +34,16 @@ def test_json_csv_and_checkpoint_round_trip(tmp_path):
 def test_missing_checkpoint():
     with pytest.raises(FileNotFoundError):
         storage.load_checkpoint("/nonexistent/ck.pt")
+
+
+@pytest.mark.parametrize("umask", [0o022, 0o077])
+def test_written_files_get_the_mode_a_plain_open_would(tmp_path, umask):
+    old = os.umask(umask)
+    try:
+        storage.write_text(tmp_path / "atomic.txt", "x")
+        with open(tmp_path / "plain.txt", "w") as f:
+            f.write("x")
+    finally:
+        os.umask(old)
+    mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
+    assert mode(tmp_path / "atomic.txt") == mode(tmp_path / "plain.txt") == 0o666 & ~umask
