@@ -37,7 +37,7 @@ from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
 from pyro_vae import distributed as _dist
 from pyro_vae import storage
-from pyro_vae.vae import VAE
+from pyro_vae.vae import VAE, AmortizedGuide
 
 __all__ = ["fit", "OBJECTIVES", "HISTORY_COLUMNS", "evaluate_elbo"]
 
@@ -73,7 +73,7 @@ class _Objective:
             # of a guide run and a model replay (the same ELBO; see vae.AmortizedGuide), unless
             # a subclass wrote a guide program of its own
             own_guide = type(vae).guide is not VAE.guide
-            self.guide = vae.guide if objective == "tracegraph" or own_guide else vae.effect_guide()
+            self.guide = vae.guide if objective == "tracegraph" or own_guide else AmortizedGuide(vae)
 
     def step(self, x, num_data):
         if self.objective == "iwae":

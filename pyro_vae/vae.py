@@ -214,10 +214,6 @@ class VAE(nn.Module):
         loc, scale = self.encoder(x)
         return NormalEvent(loc, scale)
 
-    def effect_guide(self):
-        """The guide as an effect handler: :class:`AmortizedGuide` for this VAE."""
-        return AmortizedGuide(self)
-
     # ------------------------------------------------------------------ conveniences
     @torch.no_grad()
     def encode(self, x):

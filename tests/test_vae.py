@@ -9,7 +9,7 @@ import pyro.distributions as dist
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro import poutine
 
-from pyro_vae.vae import VAE
+from pyro_vae.vae import VAE, AmortizedGuide
 
 import linear_gaussian as lg
 
@@ -137,7 +137,7 @@ def test_effect_guide_gives_the_guide_programs_elbo_and_gradients(prior, beta, e
     vae = VAE(12, 3, hidden=(8,), prior=prior, likelihood="bernoulli", beta=beta, seed=0)
     x = torch.bernoulli(torch.full((10, 12), 0.3))
     results = []
-    for guide in (vae.guide, vae.effect_guide()):
+    for guide in (vae.guide, AmortizedGuide(vae)):
         pyro.set_rng_seed(1)
         with pyro.validation_enabled(True):
             loss = elbo.differentiable_loss(vae.model, guide, x, num_data=100)
@@ -157,7 +157,7 @@ def test_effect_guide_refuses_a_site_it_has_no_distribution_for():
             super().model(x, num_data)
             pyro.sample("w", dist.Normal(0.0, 1.0))
 
-    guide = WithGlobal(6, 2, hidden=(4,), likelihood="gaussian", seed=0).effect_guide()
+    guide = AmortizedGuide(WithGlobal(6, 2, hidden=(4,), likelihood="gaussian", seed=0))
     with pytest.raises(ValueError, match="'w'"):
         guide(torch.zeros(3, 6))
 
