@@ -21,9 +21,15 @@ from torch.nn import functional as F
 
 import pyro.distributions as dist
 
-__all__ = ["NormalEvent", "BernoulliEvent"]
+__all__ = ["NormalEvent", "BernoulliEvent", "inv_softplus"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
+
+
+def inv_softplus(y):
+    """x such that softplus(x) = y, for a Python float y > 0: the raw value that makes a
+    softplus-parameterized scale start at y."""
+    return y + math.log(-math.expm1(-y))
 
 
 class _VectorEvent(dist.Independent):

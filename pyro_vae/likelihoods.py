@@ -29,8 +29,8 @@ from torch.nn import functional as F
 
 import pyro.distributions as dist
 
-from pyro_vae.distributions import BernoulliEvent, NormalEvent
-from pyro_vae.priors import _inv_softplus, _names, _parse_spec, _positive_float, _positive_int
+from pyro_vae.distributions import BernoulliEvent, NormalEvent, inv_softplus
+from pyro_vae.checks import check_positive_float, check_positive_int, parse_spec
 
 __all__ = [
     "Likelihood",
@@ -65,7 +65,7 @@ class Likelihood(nn.Module):
 
     def __init__(self, data_dim):
         super().__init__()
-        self.data_dim = _positive_int(data_dim, "data_dim")
+        self.data_dim = check_positive_int(data_dim, "data_dim")
 
     @property
     def out_dim(self):
@@ -193,7 +193,7 @@ class Gaussian(Likelihood):
 
     def __init__(self, data_dim, scale=1.0):
         super().__init__(data_dim)
-        self.scale_value = _positive_float(scale, "scale")
+        self.scale_value = check_positive_float(scale, "scale")
         self.register_buffer("scale", torch.tensor(self.scale_value))
 
     def forward(self, out):
@@ -217,12 +217,12 @@ class _LearnedScale(Likelihood):
 
     def __init__(self, data_dim, init_scale=1.0, min_scale=MIN_SCALE):
         super().__init__(data_dim)
-        self.init_scale = _positive_float(init_scale, "init_scale")
-        self.min_scale = _positive_float(min_scale, "min_scale")
+        self.init_scale = check_positive_float(init_scale, "init_scale")
+        self.min_scale = check_positive_float(min_scale, "min_scale")
         if not self.init_scale > self.min_scale:
             raise ValueError(f"init_scale must exceed min_scale={self.min_scale}, got {init_scale}")
         shape = () if self.scale_shape == "shared" else (self.data_dim,)
-        self.raw_scale = nn.Parameter(torch.full(shape, _inv_softplus(self.init_scale - self.min_scale)))
+        self.raw_scale = nn.Parameter(torch.full(shape, inv_softplus(self.init_scale - self.min_scale)))
 
     @property
     def scale(self):
@@ -301,7 +301,7 @@ class GaussianDecoder(Likelihood):
 
     def __init__(self, data_dim, min_scale=MIN_SCALE):
         super().__init__(data_dim)
-        self.min_scale = _positive_float(min_scale, "min_scale")
+        self.min_scale = check_positive_float(min_scale, "min_scale")
 
     def forward(self, out):
         self._check_out(out)
@@ -334,7 +334,7 @@ class UserLikelihood(Likelihood):
         super().__init__(data_dim)
         if not callable(fn):
             raise TypeError(f"a user likelihood must be callable, got {type(fn).__name__}")
-        self.outputs_per_feature = _positive_int(outputs_per_feature, "outputs_per_feature")
+        self.outputs_per_feature = check_positive_int(outputs_per_feature, "outputs_per_feature")
         self.fn = fn
 
     def forward(self, out):
@@ -406,7 +406,7 @@ def make_likelihood(spec, data_dim, outputs_per_feature=None):
     :raises ValueError: for an unknown name, bad arguments or mismatched sizes.
     :raises TypeError: when ``spec`` is none of the above.
     """
-    data_dim = _positive_int(data_dim, "data_dim")
+    data_dim = check_positive_int(data_dim, "data_dim")
     if isinstance(spec, Likelihood):
         if spec.data_dim != data_dim:
             raise ValueError(f"the likelihood has data_dim={spec.data_dim} but the data have "
@@ -417,7 +417,7 @@ def make_likelihood(spec, data_dim, outputs_per_feature=None):
         raise TypeError("pass the likelihood as a function of the decoder output, e.g. "
                         "likelihood=lambda out: dist.Normal(out, 0.1).to_event(1), "
                         "not as a distribution object")
-    name, kwargs = _parse_spec(spec, "likelihood")
+    name, kwargs = parse_spec(spec, "likelihood")
     if name is None:
         if callable(spec):
             k = outputs_per_feature
@@ -425,7 +425,7 @@ def make_likelihood(spec, data_dim, outputs_per_feature=None):
                 k = getattr(spec, "outputs_per_feature", 1)
             return UserLikelihood(spec, data_dim, outputs_per_feature=k)
         raise TypeError(
-            f"likelihood must be a name ({_names(LIKELIHOODS)}), a (name, kwargs) pair or dict, "
+            f"likelihood must be a name ({', '.join(map(repr, LIKELIHOODS))}), a (name, kwargs) pair or dict, "
             f"an nn.Module or a callable from decoder output to a distribution; got "
             f"{type(spec).__name__}"
         )
@@ -433,7 +433,7 @@ def make_likelihood(spec, data_dim, outputs_per_feature=None):
         raise ValueError("a user-declared likelihood cannot be rebuilt from its name; pass the "
                          "function or module itself")
     if name not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {name!r}; valid names: {_names(LIKELIHOODS)}")
+        raise ValueError(f"unknown likelihood {name!r}; valid names: {', '.join(map(repr, LIKELIHOODS))}")
     given_dim = kwargs.pop("data_dim", data_dim)
     if given_dim != data_dim:
         raise ValueError(f"likelihood {name!r} was declared with data_dim={given_dim} but the data "

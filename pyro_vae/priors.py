@@ -21,7 +21,6 @@ is wrapped in :class:`UserPrior`; :func:`check_prior` verifies the shapes once a
 what to change when they are wrong.
 """
 
-import math
 
 import torch
 from torch import nn
@@ -29,7 +28,8 @@ from torch.nn import functional as F
 
 import pyro.distributions as dist
 
-from pyro_vae.distributions import NormalEvent
+from pyro_vae.checks import check_positive_float, check_positive_int, parse_spec
+from pyro_vae.distributions import NormalEvent, inv_softplus
 
 __all__ = [
     "Prior",
@@ -49,11 +49,6 @@ __all__ = [
 MIN_SCALE = 1e-3
 
 
-def _inv_softplus(y):
-    """x such that softplus(x) = y, for y > 0 (a Python float)."""
-    return y + math.log(-math.expm1(-y))
-
-
 class Prior(nn.Module):
     """Base class of the priors p(z).
 
@@ -64,7 +59,7 @@ class Prior(nn.Module):
 
     def __init__(self, latent_dim):
         super().__init__()
-        self.latent_dim = _positive_int(latent_dim, "latent_dim")
+        self.latent_dim = check_positive_int(latent_dim, "latent_dim")
 
     def forward(self):
         """:returns: a Pyro distribution with batch shape ``()`` and event shape ``(L,)``."""
@@ -111,10 +106,10 @@ class DiagonalNormal(Prior):
 
     def __init__(self, latent_dim, min_scale=MIN_SCALE):
         super().__init__(latent_dim)
-        self.min_scale = _positive_float(min_scale, "min_scale", below=1.0)
+        self.min_scale = _below_one(check_positive_float(min_scale, "min_scale"), "min_scale")
         self.loc = nn.Parameter(torch.zeros(self.latent_dim))
         self.raw_scale = nn.Parameter(
-            torch.full((self.latent_dim,), _inv_softplus(1.0 - self.min_scale))
+            torch.full((self.latent_dim,), inv_softplus(1.0 - self.min_scale))
         )
 
     @property
@@ -138,7 +133,7 @@ class Laplace(Prior):
 
     def __init__(self, latent_dim, scale=1.0):
         super().__init__(latent_dim)
-        self.scale_value = _positive_float(scale, "scale")
+        self.scale_value = check_positive_float(scale, "scale")
         self.register_buffer("loc", torch.zeros(self.latent_dim))
         self.register_buffer("scale", torch.full((self.latent_dim,), self.scale_value))
 
@@ -158,7 +153,7 @@ class StudentT(Prior):
 
     def __init__(self, latent_dim, df=3.0):
         super().__init__(latent_dim)
-        self.df_value = _positive_float(df, "df")
+        self.df_value = check_positive_float(df, "df")
         self.register_buffer("df", torch.full((self.latent_dim,), self.df_value))
         self.register_buffer("loc", torch.zeros(self.latent_dim))
         self.register_buffer("scale", torch.ones(self.latent_dim))
@@ -184,14 +179,14 @@ class MixtureOfGaussians(Prior):
 
     def __init__(self, latent_dim, n_components=10, seed=0, min_scale=MIN_SCALE):
         super().__init__(latent_dim)
-        self.n_components = _positive_int(n_components, "n_components")
+        self.n_components = check_positive_int(n_components, "n_components")
         self.seed = int(seed)
-        self.min_scale = _positive_float(min_scale, "min_scale", below=1.0)
+        self.min_scale = _below_one(check_positive_float(min_scale, "min_scale"), "min_scale")
         gen = torch.Generator().manual_seed(self.seed)
         self.logits = nn.Parameter(torch.zeros(self.n_components))
         self.means = nn.Parameter(torch.randn(self.n_components, self.latent_dim, generator=gen))
         self.raw_scales = nn.Parameter(
-            torch.full((self.n_components, self.latent_dim), _inv_softplus(1.0 - self.min_scale))
+            torch.full((self.n_components, self.latent_dim), inv_softplus(1.0 - self.min_scale))
         )
 
     @property
@@ -233,8 +228,8 @@ class VampPrior(Prior):
         super().__init__(latent_dim)
         if not callable(encoder):
             raise TypeError("VampPrior needs the encoder: a module mapping x (N, D) to (loc, scale)")
-        self.data_dim = _positive_int(data_dim, "data_dim")
-        self.n_pseudo = _positive_int(n_pseudo, "n_pseudo")
+        self.data_dim = check_positive_int(data_dim, "data_dim")
+        self.n_pseudo = check_positive_int(n_pseudo, "n_pseudo")
         self.seed = int(seed)
         if pseudo_init is None:
             gen = torch.Generator().manual_seed(self.seed)
@@ -326,7 +321,7 @@ def make_prior(spec, latent_dim, encoder=None, data_dim=None):
     :raises ValueError: for an unknown name, bad arguments or a mismatched ``latent_dim``.
     :raises TypeError: when ``spec`` is none of the above.
     """
-    latent_dim = _positive_int(latent_dim, "latent_dim")
+    latent_dim = check_positive_int(latent_dim, "latent_dim")
     if isinstance(spec, Prior):
         if spec.latent_dim != latent_dim:
             raise ValueError(f"the prior has latent_dim={spec.latent_dim} but the model has "
@@ -336,19 +331,19 @@ def make_prior(spec, latent_dim, encoder=None, data_dim=None):
         raise TypeError("pass the prior as a function returning the distribution, e.g. "
                         "prior=lambda: dist.Normal(torch.zeros(L), 1.0).to_event(1), "
                         "not as a distribution object")
-    name, kwargs = _parse_spec(spec, "prior")
+    name, kwargs = parse_spec(spec, "prior")
     if name is None:
         if callable(spec):
             return UserPrior(spec, latent_dim)
         raise TypeError(
-            f"prior must be a name ({_names(PRIORS)}), a (name, kwargs) pair or dict, an "
+            f"prior must be a name ({', '.join(map(repr, PRIORS))}), a (name, kwargs) pair or dict, an "
             f"nn.Module or a callable returning a distribution; got {type(spec).__name__}"
         )
     if name == "user":
         raise ValueError("a user-declared prior cannot be rebuilt from its name; pass the "
                          "function or module itself")
     if name not in PRIORS:
-        raise ValueError(f"unknown prior {name!r}; valid names: {_names(PRIORS)}")
+        raise ValueError(f"unknown prior {name!r}; valid names: {', '.join(map(repr, PRIORS))}")
     given_dim = kwargs.pop("latent_dim", latent_dim)
     if given_dim != latent_dim:
         raise ValueError(f"prior {name!r} was declared with latent_dim={given_dim} but the model "
@@ -393,46 +388,7 @@ def check_prior(prior, latent_dim):
     raise ValueError(msg)
 
 
-# ---------------------------------------------------------------------- helpers
-def _parse_spec(spec, what):
-    """``(name, kwargs)`` from a name, a (name, kwargs) pair or a dict; ``(None, None)`` else."""
-    if isinstance(spec, str):
-        return spec.lower(), {}
-    if isinstance(spec, dict):
-        if "name" not in spec:
-            raise ValueError(f"a {what} given as a dict needs a 'name' key, got keys {sorted(spec)}")
-        kwargs = {k: v for k, v in spec.items() if k != "name"}
-        return str(spec["name"]).lower(), kwargs
-    if isinstance(spec, (tuple, list)):
-        if len(spec) != 2 or not isinstance(spec[0], str) or not isinstance(spec[1], dict):
-            raise ValueError(f"a {what} given as a pair must be (name, kwargs-dict), got {spec!r}")
-        return spec[0].lower(), dict(spec[1])
-    return None, None
-
-
-def _names(table):
-    return ", ".join(repr(n) for n in table)
-
-
-def _positive_int(value, what):
-    if isinstance(value, bool):
-        raise TypeError(f"{what} must be a positive integer, got {value!r}")
-    try:
-        ivalue = int(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must be a positive integer, got {value!r}") from None
-    if ivalue != value or ivalue < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return ivalue
-
-
-def _positive_float(value, what, below=None):
-    try:
-        fvalue = float(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must be a positive number, got {value!r}") from None
-    if not (fvalue > 0 and math.isfinite(fvalue)):
-        raise ValueError(f"{what} must be a positive number, got {value!r}")
-    if below is not None and not fvalue < below:
-        raise ValueError(f"{what} must be smaller than {below}, got {value!r}")
-    return fvalue
+def _below_one(value, name):
+    if not value < 1.0:
+        raise ValueError(f"{name} must be smaller than 1, got {value:g}")
+    return value
