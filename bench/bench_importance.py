@@ -42,7 +42,7 @@ from pyro.infer.importance import vectorized_importance_weights  # noqa: E402
 
 from pyro_vae import storage  # noqa: E402
 from pyro_vae.data import load_mnist_10k  # noqa: E402
-from pyro_vae.importance import _chunk_sizes, log_likelihood, log_weights  # noqa: E402
+from pyro_vae.importance import chunk_sizes, log_likelihood, log_weights  # noqa: E402
 from pyro_vae.vae import VAE  # noqa: E402
 
 RESULTS = os.path.join(HERE, "results_importance.md")
@@ -90,7 +90,7 @@ def timed(fn):
 
 def bench_speed(vae, x, k, repeats):
     n = x.shape[0]
-    kb, nb = _chunk_sizes(k, n, x.shape[1], None, None)  # log_likelihood's default chunks
+    kb, nb = chunk_sizes(k, n, x.shape[1], None, None)  # log_likelihood's default chunks
     ours, plain = [], []
     for r in range(repeats):  # alternate the contenders so both see the same machine load
         t, est = timed(lambda: log_likelihood(vae.model, vae.guide, x, k, seed=r))

@@ -30,10 +30,8 @@ import pyro
 import pyro.distributions as dist
 
 from pyro_vae.distributions import NormalEvent
-from pyro_vae.importance import (
-    DATA_PLATE, _check_data, _check_positive_int, _fork_rng, _log_weights, _param_store_guard,
-    log_likelihood,
-)
+from pyro_vae.checks import as_data_tensor, check_positive_int, check_seed, fork_rng
+from pyro_vae.importance import DATA_PLATE, log_likelihood, log_weights, param_store_guard
 
 __all__ = ["inference_gaps", "summarize_gaps", "GAP_COLUMNS"]
 
@@ -79,25 +77,22 @@ def inference_gaps(vae, x, num_samples=1000, *, steps=500, lr=0.01, num_particle
         if not callable(getattr(vae, attr, None)):
             raise TypeError(f"vae must have callable model, guide and encode methods (like pyro_vae.VAE); "
                             f"{type(vae).__name__} has no {attr}()")
-    x = _check_data(x)
-    if x.dim() != 2:
-        raise ValueError(f"x must have shape (N, D) (flatten images first); got {tuple(x.shape)}")
-    num_samples = _check_positive_int(num_samples, "num_samples")
+    x = as_data_tensor(x, "x", dim=2)
+    num_samples = check_positive_int(num_samples, "num_samples")
     if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
         raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
-    num_particles = _check_positive_int(num_particles, "num_particles")
-    data_batch_size = _check_positive_int(data_batch_size, "data_batch_size")
+    num_particles = check_positive_int(num_particles, "num_particles")
+    data_batch_size = check_positive_int(data_batch_size, "data_batch_size")
     if not (isinstance(lr, (int, float)) and lr > 0):
         raise ValueError(f"lr must be a positive number, got {lr!r}")
-    if isinstance(seed, bool) or not isinstance(seed, int):
-        raise TypeError(f"seed must be an integer, got {seed!r}")
+    seed = check_seed(seed, allow_none=False)
 
     was_training = getattr(vae, "training", None)
     if was_training:
         vae.eval()
     columns = {c: [] for c in GAP_COLUMNS}
     try:
-        with _param_store_guard(), _fork_rng(seed, x.device):
+        with param_store_guard(), fork_rng(seed, x.device):
             for start in range(0, x.shape[0], data_batch_size):
                 xb = x[start:start + data_batch_size]
                 with torch.no_grad():
@@ -187,7 +182,7 @@ def _optimize_local_gaussian(model, x, loc_init, scale_init, steps, lr, num_part
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
     for _ in range(steps):
         guide = _LocalGaussian(loc, log_scale.exp())
-        logw = _log_weights(model, guide, x, num_particles, (), {}, 1)  # (P, N)
+        logw = log_weights(model, guide, x, num_particles)  # (P, N)
         # the datapoints' parameters are independent: the sum gives each its own ELBO gradient
         loss = -logw.mean(0).sum()
         # gradients for q*'s parameters only: the model's parameters get none

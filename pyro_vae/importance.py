@@ -44,7 +44,10 @@ import pyro
 from pyro import poutine
 from pyro.poutine.util import site_is_subsample
 
-__all__ = ["log_likelihood", "log_weights", "ImportanceEstimate"]
+from pyro_vae.checks import as_data_tensor, check_callable, check_positive_int, check_seed, fork_rng
+
+__all__ = ["log_likelihood", "log_weights", "ImportanceEstimate", "DATA_PLATE", "PARTICLE_PLATE",
+           "chunk_sizes", "sample_sites", "site_log_prob", "param_store_guard"]
 
 #: name of the plate of vectorized particles (chosen not to collide with a user's plates)
 PARTICLE_PLATE = "_pyro_vae_particles"
@@ -171,10 +174,10 @@ def log_weights(model, guide, x, num_particles, *, model_args=(), model_kwargs=N
         for a model with only the ``"data"`` plate at dim -1); ``None`` infers it from one run.
     :returns: tensor of shape ``(K, N)``.
     """
-    _check_callable(model, "model")
-    _check_callable(guide, "guide")
-    x = _check_data(x)
-    num_particles = _check_positive_int(num_particles, "num_particles")
+    check_callable(model, "model")
+    check_callable(guide, "guide")
+    x = as_data_tensor(x, "x")
+    num_particles = check_positive_int(num_particles, "num_particles")
     model_args, model_kwargs = _check_args(model_args, model_kwargs)
     if max_plate_nesting is None:
         max_plate_nesting = _infer_max_plate_nesting(model, guide, x, model_args, model_kwargs)
@@ -216,25 +219,24 @@ def log_likelihood(model, guide, data, num_samples=1000, *, particle_batch_size=
     :returns: :class:`ImportanceEstimate` with ``per_datapoint``, ``elbo``, ``ess`` and
         ``mc_stderr`` of shape ``(N,)``, and ``mean``, ``stderr``, ``to_frame()``.
     """
-    _check_callable(model, "model")
-    _check_callable(guide, "guide")
-    data = _check_data(data)
-    num_samples = _check_positive_int(num_samples, "num_samples")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int)):
-        raise TypeError(f"seed must be an integer or None, got {seed!r}")
+    check_callable(model, "model")
+    check_callable(guide, "guide")
+    data = as_data_tensor(data, "data")
+    num_samples = check_positive_int(num_samples, "num_samples")
+    seed = check_seed(seed)
     model_args, model_kwargs = _check_args(model_args, model_kwargs)
     n = data.shape[0]
     if particle_batch_size is not None:
-        particle_batch_size = _check_positive_int(particle_batch_size, "particle_batch_size")
+        particle_batch_size = check_positive_int(particle_batch_size, "particle_batch_size")
     if data_batch_size is not None:
-        data_batch_size = _check_positive_int(data_batch_size, "data_batch_size")
-    particle_batch_size, data_batch_size = _chunk_sizes(
+        data_batch_size = check_positive_int(data_batch_size, "data_batch_size")
+    particle_batch_size, data_batch_size = chunk_sizes(
         num_samples, n, max(1, data[0].numel()), particle_batch_size, data_batch_size)
 
     log_px, elbo, ess = [], [], []
     num_chunks = math.ceil(n / data_batch_size) * math.ceil(num_samples / particle_batch_size)
     bar = _progress_bar(progress, num_chunks)
-    with torch.no_grad(), _param_store_guard(), _fork_rng(seed, data.device), bar as pbar:
+    with torch.no_grad(), param_store_guard(), fork_rng(seed, data.device), bar as pbar:
         if max_plate_nesting is None:
             max_plate_nesting = _infer_max_plate_nesting(
                 model, guide, data[:data_batch_size], model_args, model_kwargs)
@@ -293,21 +295,21 @@ def _log_weights(model, guide, x, num_particles, model_args, model_kwargs, max_p
     n = x.shape[0]
     shape = (num_particles, n)
     logw = torch.zeros(shape, dtype=_float_dtype(x), device=x.device)
-    model_sites = _sample_sites(model_trace)
-    guide_sites = _sample_sites(guide_trace)
+    model_sites = sample_sites(model_trace)
+    guide_sites = sample_sites(guide_trace)
     for name, site in model_sites.items():
         if not site["is_observed"] and name not in guide_sites:
             raise ValueError(
                 f"the model's latent site {name!r} is not sampled by the guide; the guide must "
                 f"sample every latent site of the model (the guide's sites: {sorted(guide_sites)})")
-        logw = logw + _site_log_prob(site, name, "model", shape, max_plate_nesting)
+        logw = logw + site_log_prob(site, name, "model", shape, max_plate_nesting)
     for name, site in guide_sites.items():
         if site["is_observed"]:
             raise ValueError(f"the guide has an observed site {name!r}; a guide must not observe data")
         if name not in model_sites:
             raise ValueError(f"the guide samples {name!r}, which the model does not have; the guide "
                              "may only sample latent sites of the model")
-        logw = logw - _site_log_prob(site, name, "guide", shape, max_plate_nesting)
+        logw = logw - site_log_prob(site, name, "guide", shape, max_plate_nesting)
     if torch.isnan(logw).any():
         bad = torch.isnan(logw).any(0).nonzero().flatten()[:5].tolist()
         raise ValueError(f"the log-weights are NaN for datapoints {bad}; check that the data lie in "
@@ -315,7 +317,7 @@ def _log_weights(model, guide, x, num_particles, model_args, model_kwargs, max_p
     return logw
 
 
-def _chunk_sizes(num_samples, n, row_size, particle_batch_size, data_batch_size):
+def chunk_sizes(num_samples, n, row_size, particle_batch_size, data_batch_size):
     """Particles and datapoints per pass: as many particles as fit (up to K), then as many
     datapoints as fit, within the default budget; a size given by the user is kept."""
     pairs = max(1, min(_CHUNK_PAIRS, _CHUNK_ELEMENTS // row_size))
@@ -329,13 +331,13 @@ def _chunk_sizes(num_samples, n, row_size, particle_batch_size, data_batch_size)
     return particle_batch_size, data_batch_size
 
 
-def _sample_sites(trace):
+def sample_sites(trace):
     return {name: site for name, site in trace.nodes.items()
             if site["type"] == "sample" and not site_is_subsample(site)
             and not site["infer"].get("_deterministic", False)}
 
 
-def _site_log_prob(site, name, role, shape, max_plate_nesting):
+def site_log_prob(site, name, role, shape, max_plate_nesting):
     """log-prob of one site reduced to shape (K, N)."""
     num_particles, n = shape
     lp = site["fn"].log_prob(site["value"])
@@ -393,7 +395,7 @@ def _infer_max_plate_nesting(model, guide, x, model_args, model_kwargs):
 
 
 @contextlib.contextmanager
-def _param_store_guard():
+def param_store_guard():
     """Remove the parameters that were added to Pyro's param store inside the block."""
     store = pyro.get_param_store()
     before = set(store.keys())
@@ -422,43 +424,9 @@ def _validation(keep):
             yield
 
 
-@contextlib.contextmanager
-def _fork_rng(seed, device):
-    """Run the block with the torch RNG seeded by ``seed``, then restore the previous state."""
-    if seed is None:
-        yield
-        return
-    devices = [device.index if device.index is not None else torch.cuda.current_device()] \
-        if device.type == "cuda" else []
-    with torch.random.fork_rng(devices=devices):
-        torch.manual_seed(seed)
-        yield
-
 
 def _float_dtype(x):
     return x.dtype if x.dtype.is_floating_point else torch.get_default_dtype()
-
-
-def _check_callable(fn, what):
-    if not callable(fn):
-        raise TypeError(f"{what} must be a callable Pyro program, got {type(fn).__name__}")
-
-
-def _check_data(data):
-    if not isinstance(data, torch.Tensor):
-        raise TypeError(f"data must be a torch.Tensor with datapoints along dim 0, got "
-                        f"{type(data).__name__}; convert with torch.as_tensor")
-    if data.dim() == 0 or data.shape[0] == 0:
-        raise ValueError(f"data must hold at least one datapoint along dim 0, got shape {tuple(data.shape)}")
-    return data
-
-
-def _check_positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, int):
-        raise TypeError(f"{what} must be a positive integer, got {value!r}")
-    if value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return value
 
 
 def _check_plate_nesting(value):

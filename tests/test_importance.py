@@ -447,13 +447,26 @@ def test_bad_arguments(lg):
         log_likelihood(lg.model, lg.exact_guide, x, seed="1")
 
 
-def test_nan_log_weights_are_reported(lg):
+def test_nan_data_are_refused_at_the_entry(lg):
     x = lg.sample(4)
     x[2, 0] = float("nan")
+    with pytest.raises(ValueError, match=r"data contains NaN \(first in row 2\)"):
+        log_likelihood(lg.model, lg.exact_guide, x, num_samples=2)
+
+
+def test_nan_log_weights_are_reported(lg):
+    x = lg.sample(4)
+
+    def nan_guide(x):
+        loc = torch.zeros(x.shape[0], lg.w.shape[1], dtype=x.dtype)
+        loc[2] = float("nan")  # a guide whose output breaks for one datapoint
+        with pyro.plate("data", x.shape[0]):
+            pyro.sample("z", dist.Normal(loc, 1.0).to_event(1))
+
     pyro.enable_validation(False)
     try:
         with pytest.raises(ValueError, match=r"NaN for datapoints \[2\]"):
-            log_likelihood(lg.model, lg.exact_guide, x, num_samples=2)
+            log_likelihood(lg.model, nan_guide, x, num_samples=2)
     finally:
         pyro.enable_validation(True)
 
