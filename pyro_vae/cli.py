@@ -20,9 +20,9 @@ class UsageError(Exception):
 
 
 def _print_json(obj):
-    from pyro_vae.storage import _json_default
+    from pyro_vae.storage import json_default
 
-    sys.stdout.write(json.dumps(obj, default=_json_default) + "\n")
+    sys.stdout.write(json.dumps(obj, default=json_default) + "\n")
 
 
 # ---------------------------------------------------------------------------------------

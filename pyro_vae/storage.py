@@ -1,19 +1,26 @@
-"""Atomic file writes and safe checkpoint loading.
+"""Atomic file writes, safe checkpoint loading and run-folder locks.
 
 Every file the package writes goes through these helpers: the content is written to a
 temporary file in the destination folder and moved into place with :func:`os.replace`, so a
-reader never sees a half-written file, even if the process dies mid-write.
+reader never sees a half-written file, even if the process dies mid-write. A process killed
+mid-write leaves its hidden temporary file behind; :func:`remove_stale_temp_files` clears them,
+and a writer that holds the folder's :class:`FolderLock` may call it safely.
 """
 
 import contextlib
 import json
 import os
+import re
 import tempfile
 
 import torch
 
 __all__ = [
     "atomic_path",
+    "remove_stale_temp_files",
+    "FolderLock",
+    "FolderInUseError",
+    "json_default",
     "write_text",
     "write_json",
     "write_csv",
@@ -21,6 +28,11 @@ __all__ = [
     "save_checkpoint",
     "load_checkpoint",
 ]
+
+
+#: the part of a temporary file's name that marks it as one of ours: ``.<name>.<random>.tmp<ext>``
+_TEMP_TAG = ".tmp"
+_TEMP_NAME = re.compile(r"^\..+\.[A-Za-z0-9_]{8}\.tmp(\.[^.]*)?$")
 
 
 @contextlib.contextmanager
@@ -37,7 +49,7 @@ def atomic_path(path):
     base = os.path.basename(path)
     # keep the suffix so libraries that infer a format from the name still work
     suffix = os.path.splitext(base)[1]
-    fd, tmp = tempfile.mkstemp(prefix="." + base + ".", suffix=".tmp" + suffix, dir=folder)
+    fd, tmp = tempfile.mkstemp(prefix="." + base + ".", suffix=_TEMP_TAG + suffix, dir=folder)
     os.close(fd)
     try:
         yield tmp
@@ -48,6 +60,84 @@ def atomic_path(path):
         with contextlib.suppress(FileNotFoundError):
             os.remove(tmp)
         raise
+
+
+def remove_stale_temp_files(folder):
+    """Delete the temporary files that writes into ``folder`` left behind when killed.
+
+    Only names of the form :func:`atomic_path` creates (``.<name>.<8 random characters>.tmp``,
+    optionally followed by the destination's extension) are touched. Call it only while no
+    other process writes into the folder (e.g. holding its :class:`FolderLock`).
+
+    :param str folder: the folder.
+    :returns: list of the paths removed.
+    """
+    removed = []
+    if not os.path.isdir(folder):
+        return removed
+    for name in sorted(os.listdir(folder)):
+        path = os.path.join(folder, name)
+        if _TEMP_NAME.match(name) and os.path.isfile(path):
+            with contextlib.suppress(FileNotFoundError):
+                os.remove(path)
+                removed.append(path)
+    return removed
+
+
+class FolderInUseError(RuntimeError):
+    """Another process holds the lock of a folder this process wants to write into."""
+
+
+class FolderLock:
+    """An exclusive lock on a folder, held by one process at a time (a context manager).
+
+    The lock is an advisory ``flock`` on the hidden file ``.pyro-vae.lock`` in the folder, which
+    holds the owner's process id. The operating system releases it when the owner exits, even
+    after ``kill -9``, so a lock is never left stale. A second process asking for the same lock
+    gets :class:`FolderInUseError` at once (no waiting).
+
+    :param str folder: the folder (created if needed).
+    :param str what: how the folder is called in the error message (e.g. ``"run folder"``).
+    """
+
+    FILE = ".pyro-vae.lock"
+
+    def __init__(self, folder, what="folder"):
+        self.folder = os.fspath(folder)
+        self.what = what
+        self._fd = None
+
+    def acquire(self):
+        """Take the lock or raise :class:`FolderInUseError`; returns ``self``."""
+        import fcntl
+
+        os.makedirs(self.folder, exist_ok=True)
+        path = os.path.join(self.folder, self.FILE)
+        fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            owner = os.pread(fd, 32, 0).decode("ascii", "replace").strip() or "unknown"
+            os.close(fd)
+            raise FolderInUseError(
+                f"{self.what} {self.folder} is in use by another process (pid {owner}); wait for it "
+                "to finish or choose another folder") from None
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, str(os.getpid()).encode("ascii"), 0)
+        self._fd = fd
+        return self
+
+    def release(self):
+        """Give the lock back (the lock file stays; it is harmless)."""
+        if self._fd is not None:
+            os.close(self._fd)  # closing the descriptor releases the flock
+            self._fd = None
+
+    def __enter__(self):
+        return self.acquire()
+
+    def __exit__(self, *exc):
+        self.release()
 
 
 def _umask():
@@ -66,10 +156,12 @@ def write_text(path, text):
 
 def write_json(path, obj):
     """Write ``obj`` as indented JSON to ``path`` atomically."""
-    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=_json_default) + "\n")
+    write_text(path, json.dumps(obj, indent=2, sort_keys=True, default=json_default) + "\n")
 
 
-def _json_default(obj):
+def json_default(obj):
+    """``default=`` for :func:`json.dumps`: tensors and numpy values as lists or numbers, sets
+    and tuples as lists; anything else is a :class:`TypeError`."""
     if isinstance(obj, torch.Tensor):
         return obj.tolist()
     if hasattr(obj, "tolist"):  # numpy arrays and scalars

@@ -47,3 +47,48 @@ def test_written_files_get_the_mode_a_plain_open_would(tmp_path, umask):
         os.umask(old)
     mode = lambda p: os.stat(p).st_mode & 0o777  # noqa: E731
     assert mode(tmp_path / "atomic.txt") == mode(tmp_path / "plain.txt") == 0o666 & ~umask
+
+
+def test_stale_temp_files_of_killed_writes_are_removed(tmp_path):
+    # what a write killed between mkstemp and os.replace leaves behind
+    with pytest.raises(KeyboardInterrupt):
+        with storage.atomic_path(tmp_path / "checkpoint.pt") as tmp:
+            left = tmp
+            raise KeyboardInterrupt
+    assert not os.path.exists(left)  # an exception cleans up by itself ...
+    stale = [tmp_path / ".checkpoint.pt.a1B2c3D4.tmp.pt", tmp_path / ".history.csv.zz_9XY01.tmp.csv",
+             tmp_path / ".config.json.abcdefgh.tmp"]
+    for p in stale:  # ... a kill -9 does not
+        p.write_bytes(b"")
+    keep = [tmp_path / "checkpoint.pt", tmp_path / ".hidden", tmp_path / "notes.tmp",
+            tmp_path / ".x.short.tmp"]
+    for p in keep:
+        p.write_text("x")
+    removed = storage.remove_stale_temp_files(tmp_path)
+    assert sorted(removed) == sorted(str(p) for p in stale)
+    assert sorted(os.listdir(tmp_path)) == sorted(p.name for p in keep)
+    assert storage.remove_stale_temp_files(tmp_path / "missing") == []
+
+
+def test_folder_lock_refuses_a_second_writer_and_is_released(tmp_path):
+    import subprocess
+    import sys
+
+    script = ("import sys, time; from pyro_vae.storage import FolderLock\n"
+              "lock = FolderLock(sys.argv[1], 'run folder').acquire()\n"
+              "print('locked', flush=True); time.sleep(60)\n")
+    other = subprocess.Popen([sys.executable, "-c", script, str(tmp_path)], stdout=subprocess.PIPE, text=True)
+    try:
+        assert other.stdout.readline().strip() == "locked"
+        with pytest.raises(storage.FolderInUseError, match=f"run folder .* in use by another process "
+                                                           f"\\(pid {other.pid}\\)"):
+            storage.FolderLock(tmp_path, "run folder").acquire()
+    finally:
+        other.kill()  # like kill -9: the OS releases the lock
+        other.wait()
+    with storage.FolderLock(tmp_path) as lock:
+        assert lock._fd is not None
+        with pytest.raises(storage.FolderInUseError):  # also within one process: a second open file
+            storage.FolderLock(tmp_path).acquire()
+    with storage.FolderLock(tmp_path):  # released on exit
+        pass
