@@ -48,6 +48,15 @@ def test_csv_errors_name_columns_and_rows(tmp_path):
         load_data(h)
 
 
+def test_csv_with_a_byte_order_mark_keeps_its_first_row(tmp_path):
+    """Spreadsheet programs start UTF-8 files with a byte-order mark; it must not make the first
+    row of numbers look like a header."""
+    p = tmp_path / "bom.csv"
+    p.write_bytes(b"\xef\xbb\xbf1,2\n3,4\n")
+    assert load_data(p).x.tolist() == [[1.0, 2.0], [3.0, 4.0]]
+    assert torch.cat(list(CsvChunks(p, 1))).tolist() == [[1.0, 2.0], [3.0, 4.0]]
+
+
 # ---------------------------------------------------------------------------------------
 # layouts pandas would read with the wrong columns
 # ---------------------------------------------------------------------------------------

@@ -84,7 +84,7 @@ def inspect_csv(path):
     base = os.path.basename(path)
     check_readable(path)
     try:
-        with open(path, newline="", encoding="utf-8") as f:
+        with open(path, newline="", encoding="utf-8-sig") as f:  # without a byte-order mark, as pandas
             lines = list(itertools.islice(f, _SNIFF_ROWS))
         rows = [r for r in csv.reader(lines) if r]
     except (OSError, UnicodeDecodeError, csv.Error) as e:
