@@ -55,6 +55,10 @@ def test_mixture_data_and_tables_with_labels(tmp_path):
         load_split(x, labels=np.zeros(99))
     with pytest.raises(ValueError, match="synthetic data come with their own labels"):
         load_split("synthetic", labels=np.zeros(2000))
+    with pytest.raises(ValueError, match="MNIST-10k digits come with their own labels"):
+        load_split("mnist10k", labels=np.zeros(10000))
+    with pytest.raises(ValueError, match="MixtureData comes with its own labels"):
+        load_split(m, labels=m.labels)
 
 
 def test_binarize_binarizes_only_the_held_out_part_once(tmp_path):

@@ -110,6 +110,8 @@ def load_split(source=SYNTHETIC, *, labels=None, test_fraction=0.1, split_seed=0
         mixture = source
         x, labels, name = source.x.to(dtype), source.labels, "MixtureData"
     elif key == "mnist10k" and not os.path.exists(os.fspath(source)):
+        if labels is not None:
+            raise ValueError("labels: the MNIST-10k digits come with their own labels; leave labels out")
         train_x, test_x, train_l, test_l = load_mnist_10k(root)
         return SplitData(train_x.to(dtype), test_x.to(dtype), train_l, test_l, (28, 28), None, "mnist10k")
     else:
