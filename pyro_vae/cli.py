@@ -33,10 +33,16 @@ def _add_train(sub):
         "train", help="train a VAE and write a run folder",
         description="Train a VAE by SVI and write a run folder (config.json, history.csv, "
         "checkpoint.pt, elbo.png, reconstructions.png, samples.png). Options left out take the "
-        "defaults of pyro_vae.runs.DEFAULT_CONFIG (MNIST-10k protocol on ../shared/data/mnist).")
+        "defaults of pyro_vae.runs.DEFAULT_CONFIG: the MNIST-10k protocol on the MNIST test files "
+        "in --root, else $PYRO_VAE_MNIST_DIR, else ../shared/data/mnist, shared/data/mnist or "
+        "data/mnist under the working directory. config.json stores data paths as absolute paths.")
     p.add_argument("--data", help="'mnist10k' (default), 'synthetic', a torchvision name "
                    "(mnist, fashion-mnist, kmnist), or a .csv/.npy/.npz/.pt/IDX file")
-    p.add_argument("--root", help="folder of the data files (MNIST IDX files, torchvision root)")
+    p.add_argument("--root", help="folder of the data files (MNIST IDX files; torchvision root, "
+                   "default $PYRO_VAE_DATA_DIR or ./data)")
+    p.add_argument("--data-seed", type=int,
+                   help="seed of the synthetic data (--data synthetic; default 0); the split has its "
+                   "own seed, and --seed seeds the model and training")
     p.add_argument("--download", action="store_true", default=None,
                    help="allow torchvision to download a named dataset")
     p.add_argument("--binarize", dest="binarize", action="store_true", default=None,
@@ -83,7 +89,7 @@ def _int_list(text):
 def _train_overrides(args):
     """The configuration keys given on the command line (the rest keep their defaults)."""
     data = {"source": args.data, "root": args.root, "download": args.download,
-            "binarize": args.binarize}
+            "binarize": args.binarize, "seed": args.data_seed}
     if args.data is not None and args.data != "mnist10k" and args.binarize is None:
         data["binarize"] = False
     model = {"latent_dim": args.latent_dim, "hidden": args.hidden, "activation": args.activation,

@@ -26,7 +26,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pyro_vae.data import MixtureData, load_data, make_gaussian_mixture, train_test_split
+from pyro_vae.data import SYNTHETIC, MixtureData, load_split
 from pyro_vae.em import GaussianMixture
 from pyro_vae.importance import log_likelihood
 from pyro_vae.training import fit
@@ -102,32 +102,10 @@ def _mean_se(values):
 
 
 def _prepare(data, labels, n_components, test_fraction, seed, n_samples, dim, separation):
-    mixture = None
-    if data is None:
-        mixture = make_gaussian_mixture(n_samples=n_samples, n_components=n_components, dim=dim,
-                                        separation=separation, seed=seed)
-        x, labels = mixture.x.to(torch.float32), mixture.labels
-    elif isinstance(data, MixtureData):
-        mixture = data
-        x, labels = data.x.to(torch.float32), data.labels
-    else:
-        loaded = load_data(data, label_column=None) if not isinstance(data, torch.Tensor) else None
-        x = loaded.x if loaded is not None else data
-        if labels is None and loaded is not None:
-            labels = loaded.labels
-    x = torch.as_tensor(x, dtype=torch.float32)
-    if x.dim() != 2:
-        raise ValueError(f"data must be a table of shape (N, d); got shape {tuple(x.shape)}")
-    if labels is not None:
-        labels = torch.as_tensor(labels).long()
-        if labels.shape != (x.shape[0],):
-            raise ValueError(f"labels must have shape ({x.shape[0]},); got {tuple(labels.shape)}")
-        train_x, test_x, train_l, test_l = train_test_split(x, test_fraction=test_fraction, seed=seed,
-                                                            labels=labels)
-    else:
-        train_x, test_x = train_test_split(x, test_fraction=test_fraction, seed=seed)[:2]
-        test_l = None
-    return train_x, test_x, test_l, mixture
+    split = load_split(SYNTHETIC if data is None else data, labels=labels, test_fraction=test_fraction,
+                       split_seed=seed, seed=seed, n_samples=n_samples, n_components=n_components,
+                       dim=dim, separation=separation)
+    return split.train_x, split.test_x, split.test_labels, split.mixture
 
 
 def run_comparison(data=None, n_components=3, *, labels=None, covariance_type="full",

@@ -14,8 +14,9 @@ import os
 import torch
 
 from pyro_vae import storage
+from pyro_vae.data import DATASET_NAMES, MNIST_10K_TEST_SEED, SYNTHETIC, load_split, resolve_data_location
 from pyro_vae.data import binarize as _binarize
-from pyro_vae.data import load_data, load_mnist_10k, train_test_split
+from pyro_vae.data import train_test_split
 from pyro_vae.distributed import is_main_process
 from pyro_vae.training import fit
 from pyro_vae.vae import VAE
@@ -26,7 +27,8 @@ log = logging.getLogger(__name__)
 
 #: settings of ``pyro-vae train`` when nothing is given
 DEFAULT_CONFIG = {
-    "data": {"source": "mnist10k", "binarize": True, "test_fraction": 0.1, "split_seed": 0},
+    # split_seed seeds the split; seed seeds synthetic data (source "synthetic")
+    "data": {"source": "mnist10k", "binarize": True, "test_fraction": 0.1, "split_seed": 0, "seed": 0},
     # VampPrior, batch 64, lr 2e-3 with cosine decay: held-out log p(x) -93.4 nats on the
     # MNIST-10k protocol after 100 epochs (bench/results_quality.md)
     "model": {"latent_dim": 50, "hidden": [400], "activation": "softplus",
@@ -39,42 +41,35 @@ DEFAULT_CONFIG = {
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
-TEST_BINARIZE_SEED = 1234
+
+# data settings that are options of pyro_vae.data.load_split
+_SPLIT_OPTIONS = ("root", "download", "binarize", "test_fraction", "split_seed", "seed", "n_samples",
+                  "n_components", "dim", "separation")
 
 
 def load_run_data(data_config):
-    """Training and held-out data for a run.
+    """Training and held-out data for a run, by :func:`pyro_vae.data.load_split`.
 
     ``source="mnist10k"`` follows the MNIST-10k protocol (first 9,000 test digits for training,
-    last 1,000 binarized once with seed 1234 for evaluation). Any other source goes through
-    :func:`pyro_vae.data.load_data` and is split with ``test_fraction`` and ``split_seed``; with
-    ``binarize`` the held-out part is binarized once with seed 1234 and the training part
-    dynamically during training.
+    last 1,000 binarized once with seed 1234 for evaluation). ``source="synthetic"`` draws a
+    Gaussian mixture (``n_samples``, ``n_components``, ``dim``, ``separation``) from the data
+    ``seed``. Any other source goes through :func:`pyro_vae.data.load_data`. Both are split with
+    ``test_fraction`` and ``split_seed``; with ``binarize`` the held-out part is binarized once
+    with seed 1234 and the training part dynamically during training.
 
+    :param dict data_config: the ``"data"`` settings of a run configuration.
     :returns: ``(train_x, test_x, shape)``: tensors ``(N, D)`` and ``(M, D)``, and the image
         shape or ``None``.
     """
-    source = data_config["source"]
-    if source == "synthetic":
-        from pyro_vae.data import make_gaussian_mixture
-
-        mix = make_gaussian_mixture(n_samples=data_config.get("n_samples", 2000),
-                                    n_components=data_config.get("n_components", 3),
-                                    dim=data_config.get("dim", 2), seed=data_config.get("split_seed", 0))
-        x = torch.as_tensor(mix.x, dtype=torch.float32)
-        train_x, test_x = train_test_split(x, test_fraction=data_config.get("test_fraction", 0.1),
-                                           seed=data_config.get("split_seed", 0))[:2]
-        return train_x, test_x, None
-    if source == "mnist10k":
-        train_x, test_x, _, _ = load_mnist_10k(data_config.get("root"))
-        return train_x, test_x, (28, 28)
-    loaded = load_data(source, root=data_config.get("root"), download=data_config.get("download", False))
-    x = loaded.x
-    train_x, test_x = train_test_split(x, test_fraction=data_config.get("test_fraction", 0.1),
-                                       seed=data_config.get("split_seed", 0))[:2]
-    if data_config.get("binarize"):
-        test_x = _binarize(test_x, seed=TEST_BINARIZE_SEED)
-    return train_x, test_x, getattr(loaded, "shape", None)
+    if not isinstance(data_config, dict) or "source" not in data_config:
+        raise ValueError(f"the data settings need a 'source' (e.g. 'mnist10k', 'synthetic' or a file), "
+                         f"got {data_config!r}")
+    options = {k: data_config[k] for k in _SPLIT_OPTIONS if k in data_config}
+    if data_config["source"] == SYNTHETIC and "seed" not in data_config:
+        # configurations written before data.seed existed drew synthetic data with split_seed
+        options["seed"] = data_config.get("split_seed", 0)
+    split = load_split(data_config["source"], **options)
+    return split.train_x, split.test_x, split.shape
 
 
 def resolve_likelihood(name, train_x, binarize):
@@ -119,6 +114,7 @@ def train_run(out_dir, config=None, *, resume=False, quiet=False, device=None):
     :returns: ``(vae, history)``.
     """
     config = _merge(DEFAULT_CONFIG, config)
+    _store_data_location(config["data"])
     main = is_main_process()  # under torchrun only rank 0 writes the run folder
     if main:
         os.makedirs(out_dir, exist_ok=True)
@@ -143,7 +139,7 @@ def train_run(out_dir, config=None, *, resume=False, quiet=False, device=None):
         train_x, val_x = train_test_split(train_x, test_fraction=config["data"].get("val_fraction", 0.1),
                                           seed=config["data"].get("split_seed", 0))[:2]
         if config["data"].get("binarize"):
-            val_x = _binarize(val_x, seed=TEST_BINARIZE_SEED + 1)
+            val_x = _binarize(val_x, seed=MNIST_10K_TEST_SEED + 1)
     history = fit(
         vae, train_x, val_data=val_x, binarize=bool(config["data"].get("binarize")),
         seed=config["seed"], device=device, resume=resume, quiet=quiet,
@@ -153,6 +149,15 @@ def train_run(out_dir, config=None, *, resume=False, quiet=False, device=None):
     if main:
         write_run_figures(out_dir, vae, test_x, history, shape, seed=config["seed"])
     return vae, history
+
+
+def _store_data_location(data):
+    """Make the data paths of a configuration absolute, so that the run folder's config.json
+    finds the data from any working directory."""
+    source, root = resolve_data_location(data.get("source"), data.get("root"))
+    data["source"] = source
+    if root is not None:
+        data["root"] = root
 
 
 def write_run_figures(out_dir, vae, test_x, history, shape, seed=0):
@@ -198,6 +203,13 @@ def load_run(run_dir, device="cpu"):
             config = json.load(f)
         except json.JSONDecodeError as e:
             raise ValueError(f"{config_path} is not valid JSON: {e}") from None
+    data = config.get("data") if isinstance(config, dict) else None
+    source = data.get("source") if isinstance(data, dict) else None
+    if (isinstance(source, str) and source not in DATASET_NAMES + (SYNTHETIC,)
+            and not os.path.isabs(source) and not os.path.exists(source)):
+        raise FileNotFoundError(f"{config_path} names the data {source!r} by a path relative to the "
+                                "folder training ran in; run from that folder, or write the data's "
+                                "absolute path into data.source in config.json")
     train_x, test_x, _ = load_run_data(config["data"])
     vae = _build_vae(config, train_x)
     ck = storage.load_checkpoint(ck_path, map_location=device)
