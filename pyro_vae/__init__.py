@@ -1,9 +1,9 @@
 """pyro-vae: latent-variable models in Pyro.
 
-* :class:`VAE` -- a variational autoencoder as a Pyro model/guide pair with declarable priors
-  and likelihoods, trained by :func:`fit`;
+* :class:`VAE` -- a variational autoencoder as a Pyro model/guide pair with declarable priors,
+  likelihoods and posterior families (:mod:`pyro_vae.guides`), trained by :func:`fit`;
 * :func:`log_likelihood` -- per-datapoint log p(x) by importance sampling for any model/guide;
-* :func:`inference_gaps` -- approximation and amortization gaps;
+* :func:`inference_gaps` -- approximation and amortization gaps, for any guide family;
 * :class:`GaussianMixture` -- a Gaussian mixture fitted by exact EM;
 * :func:`compare_vae_em` -- VAEs against EM on Gaussian-mixture data.
 """

@@ -56,6 +56,12 @@ def _add_train(sub):
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 400 or 512,256")
     p.add_argument("--activation", help="softplus, relu, elu, tanh, gelu, silu")
+    p.add_argument("--guide", choices=["diagonal", "full", "iaf"],
+                   help="posterior family q(z|x): diagonal Gaussian (default), full-covariance Gaussian, "
+                   "or inverse autoregressive flow")
+    p.add_argument("--num-flows", type=int, help="flows of --guide iaf (default 2)")
+    p.add_argument("--network", choices=["mlp", "conv"],
+                   help="encoder/decoder: fully connected (default) or convolutional (square images)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -93,7 +99,8 @@ def _train_overrides(args):
     if args.data is not None and args.data != "mnist10k" and args.binarize is None:
         data["binarize"] = False
     model = {"latent_dim": args.latent_dim, "hidden": args.hidden, "activation": args.activation,
-             "prior": args.prior, "likelihood": args.likelihood, "beta": args.beta}
+             "prior": args.prior, "likelihood": args.likelihood, "beta": args.beta,
+             "guide": args.guide, "num_flows": args.num_flows, "network": args.network}
     fit = {"objective": args.objective, "num_particles": args.num_particles, "epochs": args.epochs,
            "batch_size": args.batch_size, "lr": args.lr, "clip_norm": args.clip_norm,
            "lr_schedule": args.lr_schedule, "kl_warmup": args.kl_warmup, "patience": args.patience}

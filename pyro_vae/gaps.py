@@ -6,34 +6,50 @@ datapoint x,
     log p(x) - ELBO[q]  =  (log p(x) - ELBO[q*])  +  (ELBO[q*] - ELBO[q])
      inference gap         approximation gap        amortization gap
 
-where q(z|x) is the amortized encoder and q*(z|x) is the best Gaussian of the same family
-(diagonal Normal) for that datapoint alone, found by optimizing its own mean and log-scale
-with the decoder frozen. The approximation gap is what a better variational family could
-recover; the amortization gap is what a better encoder could recover.
+where q(z|x) is the amortized encoder and q*(z|x) is the best member *of the same family* for
+that datapoint alone, found by optimizing parameters of its own with the decoder frozen. The
+approximation gap is what a better variational family could recover; the amortization gap is
+what a better encoder could recover.
+
+The per-datapoint family of each guide (:meth:`pyro_vae.guides.Guide.local_posterior`; the
+amortized q(z|x_i) is a member of it, and q* starts there):
+
+* diagonal: ``Normal(loc_i, scale_i)`` -- a mean and a scale per datapoint;
+* full: ``MultivariateNormal(loc_i, scale_tril_i)`` -- a mean, a positive diagonal and a free
+  strictly lower triangle per datapoint;
+* IAF: the base ``Normal(loc_i, scale_i)``, the context ``h_i`` and *all the weights of all
+  the flows* per datapoint: an IAF of the same architecture for each datapoint alone
+  (:class:`pyro_vae.guides.PerDatapointIAF`). Memory grows with ``data_batch_size`` times the
+  flow's weights (and their Adam moments).
 
 How each term is estimated (all per datapoint, with ``num_samples`` samples each):
 
-* ELBO[q] and ELBO[q*]: Monte Carlo averages of log p(x, z) - log q(z|x), z ~ q.
-* log p(x): importance sampling (:func:`pyro_vae.importance.log_likelihood`) with the
-  *defensive mixture* (q + q*) / 2 as proposal. Its weights are at most twice those of either
-  proposal alone, so it is never much worse than the better of the two: q* is usually the
-  tighter fit, but being a reverse-KL fit it can be narrower than the posterior, where the
-  encoder's q may be wider and safer.
+* ELBO[q] and ELBO[q*]: Monte Carlo averages of log p(x, z) - log q(z|x), z ~ q, with the same
+  random numbers for both (so their difference, the amortization gap, has less noise; with
+  ``steps=0`` q* is q and the two are equal).
+* log p(x): :func:`estimate_log_px`, importance sampling with the *defensive mixture*
+  (q + q*) / 2 as proposal. Its weights are at most twice those of either proposal alone, so
+  it is never much worse than the better of the two: q* is usually the tighter fit, but being
+  a reverse-KL fit it can be narrower than the posterior, where the encoder's q may be wider
+  and safer.
 """
 
 import math
 
 import pandas as pd
 import torch
+from torch.distributions import constraints
 
 import pyro
-import pyro.distributions as dist
+from pyro.distributions.torch_distribution import TorchDistribution
 
 from pyro_vae.distributions import NormalEvent
-from pyro_vae.checks import as_data_tensor, check_positive_int, check_seed, fork_rng
+from pyro_vae.checks import (as_data_tensor, check_int, check_positive_float, check_positive_int, check_seed,
+                             fork_rng)
+from pyro_vae.guides import LocalPosterior
 from pyro_vae.importance import DATA_PLATE, log_likelihood, log_weights, param_store_guard
 
-__all__ = ["inference_gaps", "summarize_gaps", "GAP_COLUMNS"]
+__all__ = ["inference_gaps", "summarize_gaps", "estimate_log_px", "DefensiveMixture", "GAP_COLUMNS"]
 
 #: columns of the per-datapoint table returned by :func:`inference_gaps`
 GAP_COLUMNS = ("log_px", "log_px_mc_stderr", "elbo_amortized", "elbo_optimized",
@@ -44,28 +60,35 @@ def inference_gaps(vae, x, num_samples=1000, *, steps=500, lr=0.01, num_particle
                    data_batch_size=500, particle_batch_size=None, seed=0):
     """Per-datapoint log p(x), ELBOs and the approximation / amortization gaps of a VAE.
 
-    q*(z|x_i) = Normal(loc_i, exp(log_scale_i)) has its own parameters of shape ``(N, L)`` per
-    datapoint, initialised at the encoder's output and optimized by Adam (cosine-decayed
-    learning rate) on the reparameterized ELBO with ``num_particles`` samples per step. The
-    model's parameters are neither changed nor given gradients, Pyro's param store is left as
-    it was, and the VAE's train/eval mode is restored afterwards (it is evaluated in eval mode).
+    q*(z|x_i) is a member of the guide's family with parameters of its own per datapoint
+    (see the module documentation), initialised at the encoder's q(z|x_i) and optimized by
+    Adam (cosine-decayed learning rate) on the reparameterized ELBO with ``num_particles``
+    samples per step. The model's parameters are neither changed nor given gradients, Pyro's
+    param store is left as it was, and the VAE's train/eval mode is restored afterwards (it is
+    evaluated in eval mode).
 
-    Works for any object with ``model(x)``, ``guide(x)``, ``encode(x) -> (loc, scale)`` and a
-    latent site ``"z"`` of event shape ``(L,)`` inside ``pyro.plate("data")`` at dim -1 (the
-    only plate), such as :class:`pyro_vae.VAE`; ``guide`` should be the diagonal Gaussian
-    ``Normal(*encode(x))``, which also enters the mixture proposal of log p(x). All ELBOs are
-    plain ELBOs: a KL weight (``beta``) of the VAE is ignored.
+    Works for a :class:`pyro_vae.VAE` with any guide family (``posterior(x)`` and
+    ``local_posterior(x)``; a guide module of the user's needs a ``local_posterior`` method
+    of its own), and for any object with ``model(x)``, ``guide(x)``,
+    ``encode(x) -> (loc, scale)`` and a latent site ``"z"`` of event shape ``(L,)`` inside
+    ``pyro.plate("data")`` at dim -1 (the only plate), whose ``guide`` is the diagonal Gaussian
+    ``Normal(*encode(x))``. All ELBOs are plain ELBOs: a KL weight (``beta``) of the VAE is
+    ignored.
+
+    Random numbers: each data batch draws three seeds from a generator seeded with ``seed``:
+    one for the optimization, one for ELBO[q] and ELBO[q*] (the same for both), one for
+    log p(x). The global RNG state is left as it was.
 
     :param vae: the trained model.
     :param torch.Tensor x: data, shape ``(N, D)``.
     :param int num_samples: samples per datapoint for each of log p(x), ELBO[q], ELBO[q*].
-    :param int steps: Adam steps of the per-datapoint optimization.
+    :param int steps: Adam steps of the per-datapoint optimization (0: q* = q).
     :param float lr: initial Adam learning rate.
     :param int num_particles: samples per datapoint in each optimization step.
     :param int data_batch_size: datapoints optimized and evaluated together.
     :param int particle_batch_size: particles per pass when evaluating (see
         :func:`~pyro_vae.importance.log_likelihood`).
-    :param int seed: seed of all random draws; the global RNG state is restored afterwards.
+    :param int seed: seed of all random draws.
     :returns: :class:`pandas.DataFrame` with one row per datapoint and columns
         ``log_px``, ``log_px_mc_stderr``, ``elbo_amortized`` (ELBO[q]), ``elbo_optimized``
         (ELBO[q*]), ``approximation_gap`` (log_px - elbo_optimized), ``amortization_gap``
@@ -73,45 +96,55 @@ def inference_gaps(vae, x, num_samples=1000, *, steps=500, lr=0.01, num_particle
         nats. ``df.attrs["summary"]`` holds ``{column: {"mean": m, "stderr": s}}`` as from
         :func:`summarize_gaps`.
     """
-    for attr in ("model", "guide", "encode"):
+    for attr in ("model", "guide"):
         if not callable(getattr(vae, attr, None)):
-            raise TypeError(f"vae must have callable model, guide and encode methods (like pyro_vae.VAE); "
-                            f"{type(vae).__name__} has no {attr}()")
+            raise TypeError(f"vae must have callable model and guide methods, and local_posterior or encode "
+                            f"(like pyro_vae.VAE); {type(vae).__name__} has no {attr}()")
+    family = callable(getattr(vae, "local_posterior", None)) and callable(getattr(vae, "posterior", None))
+    if not family and not callable(getattr(vae, "encode", None)):
+        raise TypeError(f"vae must have posterior and local_posterior methods (like pyro_vae.VAE) or an "
+                        f"encode(x) -> (loc, scale) method for a diagonal Gaussian guide; "
+                        f"{type(vae).__name__} has neither")
     x = as_data_tensor(x, "x", dim=2)
     num_samples = check_positive_int(num_samples, "num_samples")
-    if isinstance(steps, bool) or not isinstance(steps, int) or steps < 0:
-        raise ValueError(f"steps must be a non-negative integer, got {steps!r}")
+    steps = check_int(steps, "steps", minimum=0)
     num_particles = check_positive_int(num_particles, "num_particles")
     data_batch_size = check_positive_int(data_batch_size, "data_batch_size")
-    if not (isinstance(lr, (int, float)) and lr > 0):
-        raise ValueError(f"lr must be a positive number, got {lr!r}")
+    lr = check_positive_float(lr, "lr")
     seed = check_seed(seed, allow_none=False)
+    if particle_batch_size is not None:
+        particle_batch_size = check_positive_int(particle_batch_size, "particle_batch_size")
 
     was_training = getattr(vae, "training", None)
     if was_training:
         vae.eval()
+    seeds = torch.Generator().manual_seed(seed)
     columns = {c: [] for c in GAP_COLUMNS}
     try:
-        with param_store_guard(), fork_rng(seed, x.device):
+        with param_store_guard():
             for start in range(0, x.shape[0], data_batch_size):
                 xb = x[start:start + data_batch_size]
+                seed_opt, seed_elbo, seed_log_px = torch.randint(0, 2 ** 62, (3,), generator=seeds).tolist()
+                amortized, local = _amortized_and_local(vae, xb, family)
+                with fork_rng(seed_opt, x.device):
+                    _optimize_local(vae.model, xb, local, steps, lr, num_particles)
+                for p in local.params.values():
+                    p.requires_grad_(False)
+                kw = dict(particle_batch_size=particle_batch_size, data_batch_size=xb.shape[0], seed=seed_elbo)
+                elbo_q = log_likelihood(vae.model, vae.guide, xb, num_samples, **kw).elbo
+                elbo_q_star = log_likelihood(vae.model, _LocalGuide(local), xb, num_samples, **kw).elbo
                 with torch.no_grad():
-                    loc_q, scale_q = vae.encode(xb)
-                loc, scale = _optimize_local_gaussian(vae.model, xb, loc_q, scale_q, steps, lr,
-                                                      num_particles)
-                kw = dict(particle_batch_size=particle_batch_size, data_batch_size=xb.shape[0])
-                amortized = log_likelihood(vae.model, vae.guide, xb, num_samples, **kw)
-                optimized = log_likelihood(vae.model, _LocalGaussian(loc, scale), xb, num_samples, **kw)
-                mixture = log_likelihood(vae.model, _DefensiveMixture(loc_q, scale_q, loc, scale), xb,
-                                         num_samples, **kw)
-                log_px = mixture.per_datapoint
+                    optimized = local.distribution()
+                estimate = estimate_log_px(vae.model, xb, amortized, optimized, num_samples,
+                                           particle_batch_size=particle_batch_size, seed=seed_log_px)
+                log_px = estimate.per_datapoint
                 columns["log_px"].append(log_px)
-                columns["log_px_mc_stderr"].append(mixture.mc_stderr)
-                columns["elbo_amortized"].append(amortized.elbo)
-                columns["elbo_optimized"].append(optimized.elbo)
-                columns["approximation_gap"].append(log_px - optimized.elbo)
-                columns["amortization_gap"].append(optimized.elbo - amortized.elbo)
-                columns["inference_gap"].append(log_px - amortized.elbo)
+                columns["log_px_mc_stderr"].append(estimate.mc_stderr)
+                columns["elbo_amortized"].append(elbo_q)
+                columns["elbo_optimized"].append(elbo_q_star)
+                columns["approximation_gap"].append(log_px - elbo_q_star)
+                columns["amortization_gap"].append(elbo_q_star - elbo_q)
+                columns["inference_gap"].append(log_px - elbo_q)
     finally:
         if was_training:
             vae.train()
@@ -120,6 +153,27 @@ def inference_gaps(vae, x, num_samples=1000, *, steps=500, lr=0.01, num_particle
     df.attrs["summary"] = {name: {"mean": float(row["mean"]), "stderr": float(row["stderr"])}
                            for name, row in summary.iterrows()}
     return df
+
+
+def estimate_log_px(model, x, amortized, optimized, num_samples, *, particle_batch_size=None, seed=None):
+    """log p(x_i) per datapoint by importance sampling with the defensive mixture
+    (q + q*) / 2 as proposal (:class:`DefensiveMixture`).
+
+    This is the log p(x) step of :func:`inference_gaps`.
+
+    :param callable model: Pyro model ``model(x)`` with its latent site ``"z"`` inside
+        ``pyro.plate("data")``.
+    :param torch.Tensor x: data, shape ``(N, D)``.
+    :param amortized: q(z|x), a distribution with batch shape ``(N,)`` and event shape ``(L,)``.
+    :param optimized: q*(z|x), the same shapes.
+    :param int num_samples: importance samples per datapoint.
+    :param int particle_batch_size: particles per vectorized pass.
+    :param int seed: seed of the draws (default: the global RNG).
+    :returns: :class:`pyro_vae.importance.ImportanceEstimate`.
+    """
+    proposal = _DistributionGuide(DefensiveMixture(amortized, optimized))
+    return log_likelihood(model, proposal, x, num_samples, particle_batch_size=particle_batch_size,
+                          data_batch_size=x.shape[0], seed=seed)
 
 
 def summarize_gaps(df):
@@ -142,52 +196,106 @@ def summarize_gaps(df):
     return pd.DataFrame.from_dict(rows, orient="index")[["mean", "stderr", "n"]]
 
 
-# --------------------------------------------------------------------------- internals
-class _LocalGaussian:
-    """A guide with its own diagonal Gaussian for every datapoint: z_i ~ Normal(loc_i, scale_i)."""
+# --------------------------------------------------------------------------- the mixture proposal
+class DefensiveMixture(TorchDistribution):
+    """The equal mixture (a + b) / 2 of two distributions over vectors of any families.
 
-    def __init__(self, loc, scale):
-        self.loc, self.scale = loc, scale
+    Sampling picks a component with probability 1/2 for every draw (both are sampled, one is
+    kept); ``log_prob`` is ``logaddexp(a.log_prob, b.log_prob) - log 2``. Not reparameterized.
+
+    :param a: a distribution with batch shape ``B`` and event shape ``(L,)``.
+    :param b: a distribution with the same shapes.
+    """
+
+    arg_constraints = {}
+    support = constraints.real_vector
+    has_rsample = False
+
+    def __init__(self, a, b, validate_args=None):
+        if a.batch_shape != b.batch_shape or a.event_shape != b.event_shape:
+            raise ValueError(f"the two components must have the same shapes; got batch {tuple(a.batch_shape)} "
+                             f"and {tuple(b.batch_shape)}, event {tuple(a.event_shape)} and {tuple(b.event_shape)}")
+        self.a, self.b = a, b
+        super().__init__(a.batch_shape, a.event_shape, validate_args=False)
+
+    def expand(self, batch_shape, _instance=None):
+        return type(self)(self.a.expand(batch_shape), self.b.expand(batch_shape))
+
+    def sample(self, sample_shape=torch.Size()):
+        with torch.no_grad():
+            za, zb = self.a.sample(sample_shape), self.b.sample(sample_shape)
+            pick = torch.rand(za.shape[:-1], device=za.device) < 0.5
+            return torch.where(pick.unsqueeze(-1), za, zb)
+
+    def log_prob(self, value):
+        return torch.logaddexp(self.a.log_prob(value), self.b.log_prob(value)) - math.log(2.0)
+
+
+# --------------------------------------------------------------------------- internals
+class _DistributionGuide:
+    """A guide sampling ``"z"`` from a fixed distribution with batch shape ``(N,)``."""
+
+    def __init__(self, distribution):
+        self.distribution = distribution
 
     def __call__(self, x, *args, **kwargs):
-        if x.shape[0] != self.loc.shape[0]:
-            raise ValueError(f"this guide holds parameters for {self.loc.shape[0]} datapoints, "
+        n = self.distribution.batch_shape[-1]
+        if x.shape[0] != n:
+            raise ValueError(f"this guide holds a distribution for {n} datapoints, got {x.shape[0]}")
+        with pyro.plate(DATA_PLATE, x.shape[0]):
+            pyro.sample("z", self.distribution)
+
+
+class _LocalGuide:
+    """A guide sampling ``"z"`` from a :class:`LocalPosterior` at its current parameters."""
+
+    def __init__(self, local):
+        self.local = local
+
+    def __call__(self, x, *args, **kwargs):
+        if x.shape[0] != self.local.num_datapoints:
+            raise ValueError(f"this guide holds parameters for {self.local.num_datapoints} datapoints, "
                              f"got {x.shape[0]}")
         with pyro.plate(DATA_PLATE, x.shape[0]):
-            pyro.sample("z", NormalEvent(self.loc, self.scale))
+            pyro.sample("z", self.local.distribution())
 
 
-class _DefensiveMixture:
-    """Proposal (q + q*) / 2 for every datapoint, both diagonal Gaussians."""
+def _amortized_and_local(vae, x, family):
+    """q(z|x) as a distribution and its per-datapoint family, initialised at q."""
+    with torch.no_grad():
+        if family:
+            amortized = vae.posterior(x)
+            local = vae.local_posterior(x)
+        else:
+            loc, scale = vae.encode(x)
+            amortized = NormalEvent(loc, scale)
+            local = None
+    if local is None:
+        local = LocalPosterior(
+            {"loc": loc.detach().clone().requires_grad_(True),
+             "log_scale_shift": torch.zeros_like(scale).requires_grad_(True)},
+            lambda p: NormalEvent(p["loc"], scale * p["log_scale_shift"].exp()))
+    if not isinstance(local, LocalPosterior) or local.num_datapoints != x.shape[0]:
+        raise TypeError(f"local_posterior(x) must return a pyro_vae.guides.LocalPosterior over the "
+                        f"{x.shape[0]} datapoints of x")
+    return amortized, local
 
-    def __init__(self, loc_q, scale_q, loc_star, scale_star):
-        self.loc = torch.stack([loc_q, loc_star], -2)        # (N, 2, L)
-        self.scale = torch.stack([scale_q, scale_star], -2)  # (N, 2, L)
 
-    def __call__(self, x, *args, **kwargs):
-        n = self.loc.shape[0]
-        mix = dist.Categorical(logits=torch.zeros(n, 2, dtype=self.loc.dtype, device=self.loc.device))
-        components = NormalEvent(self.loc, self.scale)
-        with pyro.plate(DATA_PLATE, x.shape[0]):
-            pyro.sample("z", dist.MixtureSameFamily(mix, components))
-
-
-def _optimize_local_gaussian(model, x, loc_init, scale_init, steps, lr, num_particles):
-    """Maximize each datapoint's ELBO over its own Gaussian; returns detached (loc, scale)."""
-    loc = loc_init.detach().clone().requires_grad_(True)
-    log_scale = scale_init.detach().log().clone().requires_grad_(True)
+def _optimize_local(model, x, local, steps, lr, num_particles):
+    """Maximize each datapoint's ELBO over its own member of the family (in place)."""
     if steps == 0:
-        return loc.detach(), log_scale.detach().exp()
-    optimizer = torch.optim.Adam([loc, log_scale], lr=lr)
+        return
+    params = list(local.params.values())
+    optimizer = torch.optim.Adam(params, lr=lr)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=steps)
+    guide = _LocalGuide(local)
     for _ in range(steps):
-        guide = _LocalGaussian(loc, log_scale.exp())
         logw = log_weights(model, guide, x, num_particles)  # (P, N)
         # the datapoints' parameters are independent: the sum gives each its own ELBO gradient
         loss = -logw.mean(0).sum()
         # gradients for q*'s parameters only: the model's parameters get none
-        grad_loc, grad_log_scale = torch.autograd.grad(loss, [loc, log_scale])
-        loc.grad, log_scale.grad = grad_loc, grad_log_scale
+        grads = torch.autograd.grad(loss, params)
+        for p, g in zip(params, grads):
+            p.grad = g
         optimizer.step()
         schedule.step()
-    return loc.detach(), log_scale.detach().exp()

@@ -32,7 +32,8 @@ DEFAULT_CONFIG = {
     # VampPrior, batch 64, lr 2e-3 with cosine decay: held-out log p(x) -93.4 nats on the
     # MNIST-10k protocol after 100 epochs (bench/results_quality.md)
     "model": {"latent_dim": 50, "hidden": [400], "activation": "softplus",
-              "prior": "vamp", "likelihood": "auto", "beta": 1.0},
+              "prior": "vamp", "likelihood": "auto", "beta": 1.0,
+              "guide": "diagonal", "num_flows": None, "network": "mlp"},
     "fit": {"objective": "trace", "num_particles": 1, "epochs": 100, "batch_size": 64,
             "lr": 2e-3, "clip_norm": None, "lr_schedule": "cosine", "kl_warmup": 0},
     "seed": 0,
@@ -89,7 +90,8 @@ def _build_vae(config, train_x):
     likelihood = resolve_likelihood(m["likelihood"], train_x, config["data"].get("binarize"))
     return VAE(train_x.shape[1], m["latent_dim"], hidden=tuple(m["hidden"]), prior=m["prior"],
                likelihood=likelihood, activation=m["activation"], beta=m["beta"],
-               seed=config.get("seed"))
+               seed=config.get("seed"), guide=m.get("guide", "diagonal"), num_flows=m.get("num_flows"),
+               network=m.get("network", "mlp"))
 
 
 def _merge(base, override):

@@ -1,7 +1,8 @@
 """The variational autoencoder as a Pyro model/guide pair.
 
 ``model(x)``: z ~ p(z) (the prior), x ~ p(x|z) (the likelihood applied to the decoder output).
-``guide(x)``: z ~ q(z|x) = Normal(loc(x), scale(x)), a diagonal Gaussian from the encoder.
+``guide(x)``: z ~ q(z|x), a posterior family of :mod:`pyro_vae.guides` (by default
+Normal(loc(x), scale(x)), a diagonal Gaussian from the encoder) or a module of the user's.
 
 Both run inside ``pyro.plate("data", size=num_data, subsample=...)`` so that, when a minibatch of
 a dataset of size ``num_data`` is passed, Pyro scales its log-probabilities by
@@ -18,9 +19,10 @@ import pyro
 from pyro import poutine
 from pyro.poutine.guide import GuideMessenger
 
-from pyro_vae.distributions import NormalEvent
+from pyro_vae.checks import check_float, check_positive_int, parse_spec
+from pyro_vae.guides import Guide, check_guide, describe_guide, location_scale, make_guide
 from pyro_vae.likelihoods import check_likelihood, make_likelihood
-from pyro_vae.networks import Decoder, Encoder
+from pyro_vae.networks import describe_network, make_decoder, make_encoder
 from pyro_vae.priors import check_prior, make_prior
 
 __all__ = ["VAE", "AmortizedGuide"]
@@ -31,51 +33,91 @@ class VAE(nn.Module):
 
     :param int data_dim: size D of a (flattened) datapoint.
     :param int latent_dim: size L of the latent z.
-    :param tuple hidden: hidden layer sizes of the encoder and decoder MLPs.
+    :param tuple hidden: hidden layer sizes of the encoder and decoder MLPs (for
+        ``network="conv"``: of their fully connected layers).
     :param prior: p(z): a name (``"normal"``, ``"learned_normal"``, ``"laplace"``,
         ``"studentt"``, ``"mixture"``, ``"vamp"``), a ``(name, kwargs)`` pair or dict, an
         ``nn.Module`` or any callable with no arguments returning a Pyro distribution with
-        event shape ``(L,)``. Parameters of an ``nn.Module`` prior are learned.
+        event shape ``(L,)``. Parameters of an ``nn.Module`` prior are learned. The
+        ``"vamp"`` prior is a mixture of the encoder's diagonal Gaussians ``(loc, scale)`` at
+        its pseudo-inputs, whatever the guide family (for ``"full"``: without the
+        off-diagonal part; for ``"iaf"``: the flow's base).
     :param likelihood: p(x|z): a name (``"bernoulli"``, ``"continuous_bernoulli"``,
         ``"gaussian"``, ``"gaussian_shared"``, ``"gaussian_feature"``, ``"gaussian_decoder"``,
         ``"laplace"``), a Likelihood, or a callable from decoder output
         ``(..., D * k)`` to a distribution with event shape ``(D,)``.
     :param int likelihood_outputs: decoder outputs per feature ``k`` for a user callable
         likelihood (default: its ``outputs_per_feature`` attribute, else 1).
-    :param str activation: nonlinearity of the MLPs.
+    :param str activation: nonlinearity of the networks.
     :param float beta: KL weight; 1 gives the ELBO.
-    :param nn.Module encoder: optional replacement encoder ``x (..., D) -> (loc, scale)``.
+    :param nn.Module encoder: optional replacement encoder ``x (..., D) -> (loc, scale)``
+        (for ``guide="full"`` or ``"iaf"`` it also needs ``features``, ``head`` and
+        ``feature_dim`` like the encoders of :mod:`pyro_vae.networks`).
     :param nn.Module decoder: optional replacement decoder ``z (..., L) -> (..., D * k)``.
     :param str name: prefix of the names under which parameters enter Pyro's param store.
-    :param int seed: seed for the initial weights (default: the global RNG).
+    :param int seed: seed for the initial weights (default: the global RNG). With the same
+        seed, every guide family starts from the same encoder, decoder and prior weights.
+    :param guide: q(z|x) (:mod:`pyro_vae.guides`): ``"diagonal"`` (a diagonal Gaussian),
+        ``"full"`` (a Gaussian with full covariance), ``"iaf"`` (an inverse autoregressive
+        flow on a diagonal Gaussian, conditioned on x; options ``num_flows`` and ``hidden``
+        in a ``("iaf", {...})`` pair or dict), or an ``nn.Module`` of your own mapping
+        ``x (N, D)`` to a distribution over z with batch shape ``(N,)`` and event shape
+        ``(L,)`` (it is checked once here).
+    :param int num_flows: number of flows of ``guide="iaf"`` (default 2; 0 gives the diagonal
+        guide).
+    :param network: encoder/decoder architecture: ``"mlp"`` or ``"conv"`` (square
+        single-channel images, e.g. 784 = 28x28; ``("conv", {"channels": c})`` sets the
+        channels).
+
+    :ivar nn.Module q: the guide module, x -> q(z|x); :attr:`encoder` is its encoder network.
     """
 
     def __init__(self, data_dim, latent_dim=16, hidden=(400,), prior="normal",
                  likelihood="bernoulli", likelihood_outputs=None, activation="softplus",
-                 beta=1.0, encoder=None, decoder=None, name="vae", seed=None):
+                 beta=1.0, encoder=None, decoder=None, name="vae", seed=None, *,
+                 guide="diagonal", num_flows=None, network="mlp"):
         super().__init__()
         with _seeded(seed):
             self._build(data_dim, latent_dim, hidden, prior, likelihood, likelihood_outputs,
-                        activation, beta, encoder, decoder, name)
+                        activation, beta, encoder, decoder, name, guide, num_flows, network)
 
     def _build(self, data_dim, latent_dim, hidden, prior, likelihood, likelihood_outputs,
-               activation, beta, encoder, decoder, name):
-        data_dim, latent_dim = _positive_int(data_dim, "data_dim"), _positive_int(latent_dim, "latent_dim")
+               activation, beta, encoder, decoder, name, guide, num_flows, network):
+        data_dim = check_positive_int(data_dim, "data_dim")
+        latent_dim = check_positive_int(latent_dim, "latent_dim")
         self.data_dim = data_dim
         self.latent_dim = latent_dim
         self.hidden = (hidden,) if isinstance(hidden, int) else tuple(hidden)
         self.activation = activation
         self.beta = beta
-        if "$$$" in name:
-            raise ValueError("name must not contain '$$$'")
+        if not isinstance(name, str) or "$$$" in name:
+            raise ValueError(f"name must be a string without '$$$', got {name!r}")
         self.name = name
+        self.network = describe_network(network)
+        user_guide = isinstance(guide, nn.Module)
+        if user_guide and encoder is not None:
+            raise ValueError("encoder= replaces the encoder network of a built-in guide family; a guide "
+                             "module of your own brings its own networks, so pass one or the other")
+        if user_guide and parse_spec(prior, "prior")[0] in ("vamp", "vampprior"):
+            raise ValueError("the 'vamp' prior is a mixture of the encoder's Gaussians at pseudo-inputs and "
+                             "needs a built-in guide family (diagonal, full or iaf); with a guide module of "
+                             "your own, choose another prior or declare your own")
 
+        # built in this order so that, for a given seed, the encoder, decoder and prior weights
+        # are the same for every guide family (the family's own parts come last)
         self.likelihood = make_likelihood(likelihood, data_dim, outputs_per_feature=likelihood_outputs)
         k = int(self.likelihood.outputs_per_feature)
-        self.encoder = encoder if encoder is not None else Encoder(data_dim, latent_dim, self.hidden, activation)
-        self.decoder = decoder if decoder is not None else Decoder(latent_dim, data_dim * k, self.hidden, activation)
-        self.prior = make_prior(prior, latent_dim, encoder=self.encoder, data_dim=data_dim)
-        self._custom_networks = encoder is not None or decoder is not None
+        custom = encoder is not None or decoder is not None
+        if encoder is None and not user_guide:
+            encoder = make_encoder(network, data_dim, latent_dim, self.hidden, activation)
+        if decoder is None:
+            decoder = make_decoder(network, latent_dim, data_dim * k, self.hidden, activation, k)
+        prior = make_prior(prior, latent_dim, encoder=encoder, data_dim=data_dim)
+        q = make_guide(guide, encoder, latent_dim, num_flows=num_flows)
+        self.q = q
+        self.decoder = decoder
+        self.prior = prior
+        self._custom_networks = custom
         self._check_networks()
         check_prior(self.prior, latent_dim)
         check_likelihood(self.likelihood, data_dim)
@@ -88,26 +130,34 @@ class VAE(nn.Module):
 
     @beta.setter
     def beta(self, value):
-        value = float(value)
-        if not value >= 0:
-            raise ValueError(f"beta must be a non-negative number, got {value}")
-        self._beta = value
+        self._beta = check_float(value, "beta", minimum=0.0)
+
+    @property
+    def encoder(self):
+        """The encoder network of the guide (``None`` for a guide module of the user's without
+        an ``encoder`` attribute)."""
+        return getattr(self.q, "encoder", None)
+
+    @property
+    def guide_family(self):
+        """``"diagonal"``, ``"full"``, ``"iaf"`` or ``"user"``."""
+        return describe_guide(self.q)["name"]
 
     @property
     def device(self):
         return next(self.parameters()).device
 
+    def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
+        # checkpoints written before the guide families kept the encoder at "encoder.*"; it is
+        # now "q.encoder.*" (the guide module owns it)
+        old = prefix + "encoder."
+        if not any(k.startswith(prefix + "q.") for k in state_dict):
+            for key in [k for k in state_dict if k.startswith(old)]:
+                state_dict[prefix + "q.encoder." + key[len(old):]] = state_dict.pop(key)
+        super()._load_from_state_dict(state_dict, prefix, *args, **kwargs)
+
     def _check_networks(self):
-        x = torch.zeros(2, self.data_dim, **_like(self.encoder))
-        try:
-            loc, scale = self.encoder(x)
-        except Exception as e:
-            raise ValueError(f"encoder must map x of shape (N, {self.data_dim}) to (loc, scale): {e}") from None
-        if loc.shape != (2, self.latent_dim) or scale.shape != (2, self.latent_dim):
-            raise ValueError(
-                f"encoder must return (loc, scale) each of shape (N, {self.latent_dim}); "
-                f"got {tuple(loc.shape)} and {tuple(scale.shape)}"
-            )
+        check_guide(self.q, self.data_dim, self.latent_dim, like=_like(self.q))
         k = self.likelihood.outputs_per_feature
         out = self.decoder(torch.zeros(2, self.latent_dim, **_like(self.decoder)))
         if out.shape != (2, self.data_dim * k):
@@ -155,7 +205,15 @@ class VAE(nn.Module):
             pyro.module(self.name + "_likelihood", self.likelihood)
 
     def _register_guide(self):
-        pyro.module(self.name + "_encoder", self.encoder)
+        if not isinstance(self.q, Guide):
+            pyro.module(self.name + "_guide", self.q)
+            return
+        # the encoder under the name it always had; the family's own parts under their names
+        for child_name, child in self.q.named_children():
+            if child is self.q.encoder:
+                pyro.module(self.name + "_encoder", child)
+            elif any(True for _ in child.parameters()):
+                pyro.module(f"{self.name}_guide_{child_name}", child)
 
     @contextlib.contextmanager
     def _registration_off(self):
@@ -191,7 +249,7 @@ class VAE(nn.Module):
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
 
     def guide(self, x, num_data=None):
-        """q(z|x), a diagonal Gaussian from the encoder.
+        """q(z|x), the distribution of :meth:`posterior`.
 
         :param torch.Tensor x: data, shape ``(N, D)``.
         :param int num_data: size of the full dataset (default ``N``).
@@ -205,25 +263,53 @@ class VAE(nn.Module):
                 pyro.sample("z", q)
 
     def posterior(self, x):
-        """q(z|x) as a distribution (with gradients; :meth:`encode` gives its parameters
-        without).
+        """q(z|x) as a distribution, with gradients (wrap the call in ``torch.no_grad()`` when
+        none are wanted). This is what :meth:`guide` samples and what :class:`AmortizedGuide`
+        hands to the model.
 
         :param torch.Tensor x: data, shape ``(N, D)``.
-        :returns: a diagonal Normal with batch shape ``(N,)`` and event shape ``(L,)``.
+        :returns: a distribution with batch shape ``(N,)`` and event shape ``(L,)``: a
+            diagonal Normal (``"diagonal"``), a MultivariateNormal (``"full"``), a
+            TransformedDistribution (``"iaf"`` with flows) or the user module's distribution.
         """
-        loc, scale = self.encoder(x)
-        return NormalEvent(loc, scale)
+        return self.q(x)
+
+    def local_posterior(self, x):
+        """q(z|x_i) as a member of the guide family with parameters of its own per datapoint
+        (see :mod:`pyro_vae.guides`); :func:`pyro_vae.inference_gaps` optimizes them.
+
+        :param torch.Tensor x: data, shape ``(N, D)``.
+        :returns: :class:`pyro_vae.guides.LocalPosterior`.
+        """
+        self._check_x(x)
+        if not callable(getattr(self.q, "local_posterior", None)):
+            raise TypeError(
+                f"the guide module {type(self.q).__name__} has no local_posterior(x): the "
+                "per-datapoint optimum q* of inference_gaps is defined within a guide family; give your "
+                "module a local_posterior(x) method returning a pyro_vae.guides.LocalPosterior")
+        return self.q.local_posterior(x)
 
     # ------------------------------------------------------------------ conveniences
     @torch.no_grad()
     def encode(self, x):
-        """Parameters of q(z|x).
+        """A location and a scale per latent coordinate summarizing q(z|x), without gradients.
+
+        ========== ====================================================================
+        guide      ``(loc, scale)``
+        ========== ====================================================================
+        diagonal   the mean and standard deviations of q (its parameters)
+        full       the mean and the marginal standard deviations ``sqrt(diag(Sigma))``
+        iaf        the base Gaussian of the flow (its mean and standard deviations)
+        user       the distribution's ``mean`` and ``stddev``
+        ========== ====================================================================
+
+        :meth:`posterior` gives the distribution itself.
 
         :param torch.Tensor x: data, shape ``(N, D)``.
         :returns: ``(loc, scale)``, each of shape ``(N, L)``.
         """
         self._check_x(x)
-        return self.encoder(x)
+        return location_scale(self.q, x)
 
     @torch.no_grad()
     def decode(self, z):
@@ -245,7 +331,7 @@ class VAE(nn.Module):
         :param bool mean: return the mean of p(x|z) (smooth images) instead of a draw.
         :returns: tensor of shape ``(n, D)``.
         """
-        num_samples = _positive_int(num_samples, "num_samples")
+        num_samples = check_positive_int(num_samples, "num_samples")
         with _seeded(seed):
             z = self.prior().sample((num_samples,))
             out = self.decoder(z)
@@ -253,13 +339,15 @@ class VAE(nn.Module):
 
     @torch.no_grad()
     def reconstruct(self, x):
-        """Mean of p(x|z) at z = the mean of q(z|x).
+        """Mean of p(x|z) at z = the mean of q(z|x) (for ``"iaf"``: the base mean pushed
+        through the flow).
 
         :param torch.Tensor x: data, shape ``(N, D)``.
         :returns: reconstructions, shape ``(N, D)``.
         """
-        loc, _ = self.encode(x)
-        return self.likelihood.mean(self.decoder(loc))
+        self._check_x(x)
+        z = self.q.center(x) if isinstance(self.q, Guide) else location_scale(self.q, x)[0]
+        return self.likelihood.mean(self.decoder(z))
 
     def config(self):
         """A JSON-able description from which :meth:`from_config` rebuilds the VAE."""
@@ -274,6 +362,8 @@ class VAE(nn.Module):
             "beta": self.beta,
             "prior": self.prior.describe(),
             "likelihood": self.likelihood.describe(),
+            "guide": describe_guide(self.q),
+            "network": dict(self.network),
             "name": self.name,
         }
 
@@ -281,11 +371,13 @@ class VAE(nn.Module):
     def from_config(cls, config):
         """Rebuild a VAE (with fresh weights) from :meth:`config` output.
 
-        A user-declared prior or likelihood cannot be rebuilt from a config: construct the VAE
-        in code and load its ``state_dict`` instead.
+        A user-declared prior, likelihood or guide cannot be rebuilt from a config: construct
+        the VAE in code and load its ``state_dict`` instead. Configs written before the guide
+        families (no ``"guide"`` / ``"network"`` keys) describe the diagonal guide and MLP
+        networks.
         """
         cfg = dict(config)
-        for key in ("prior", "likelihood"):
+        for key in ("prior", "likelihood", "guide"):
             spec = cfg.get(key)
             if isinstance(spec, dict) and spec.get("name") == "user":
                 raise ValueError(
@@ -295,7 +387,8 @@ class VAE(nn.Module):
         return cls(
             cfg["data_dim"], cfg["latent_dim"], hidden=tuple(cfg["hidden"]),
             prior=cfg["prior"], likelihood=cfg["likelihood"], activation=cfg["activation"],
-            beta=cfg["beta"], name=cfg.get("name", "vae"),
+            beta=cfg["beta"], name=cfg.get("name", "vae"), guide=cfg.get("guide", "diagonal"),
+            network=cfg.get("network", "mlp"),
         )
 
 
@@ -331,16 +424,6 @@ def _like(module):
         if t.is_floating_point():
             return {"dtype": t.dtype, "device": t.device}
     return {}
-
-
-def _positive_int(value, what):
-    try:
-        ivalue = int(value)
-    except (TypeError, ValueError):
-        raise TypeError(f"{what} must be a positive integer, got {value!r}") from None
-    if ivalue != value or ivalue < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-    return ivalue
 
 
 class _seeded:

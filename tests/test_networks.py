@@ -1,7 +1,8 @@
 import pytest
 import torch
 
-from pyro_vae.networks import MLP, ConvDecoder, ConvEncoder, Decoder, Encoder
+from pyro_vae.networks import (MLP, ConvDecoder, ConvEncoder, Decoder, Encoder, describe_network,
+                               make_decoder, make_encoder)
 
 
 def test_mlp_layers_and_shapes():
@@ -38,3 +39,51 @@ def test_bad_arguments():
         MLP(2, (3,), 1, activation="swishy")
     with pytest.raises(ValueError, match="positive"):
         MLP(2, (0,), 1)
+
+
+@pytest.mark.parametrize("hidden", [(8,), (8, 5), ()])
+def test_encoder_is_its_head_on_its_features(hidden):
+    enc = Encoder(10, 3, hidden)
+    x = torch.randn(2, 4, 10)
+    h = enc.features(x)
+    assert h.shape == (2, 4, enc.feature_dim)
+    assert enc.feature_dim == (hidden[-1] if hidden else 10)
+    loc, scale = enc(x)
+    hl, hs = enc.head(h)
+    assert torch.equal(loc, hl) and torch.equal(scale, hs)
+    # the features are the activations of the last hidden layer (a naive pass through the layers)
+    a = x
+    for layer in list(enc.net)[:-1]:
+        a = layer(a)
+    assert torch.equal(h, a)
+
+
+def test_conv_encoder_is_its_head_on_its_features():
+    enc = ConvEncoder(784, 4, channels=3, hidden=(16, 6))
+    x = torch.rand(2, 5, 784)
+    h = enc.features(x)
+    assert h.shape == (2, 5, 6) and enc.feature_dim == 6
+    loc, scale = enc(x)
+    torch.testing.assert_close(enc.head(h), (loc, scale))
+    # one image at a time gives the same
+    torch.testing.assert_close(enc(x[1, 2])[0], loc[1, 2])
+    assert ConvDecoder(4, 784, channels=3, hidden=(6, 16))(torch.zeros(7, 4)).shape == (7, 784)
+
+
+def test_networks_by_name():
+    assert isinstance(make_encoder("mlp", 10, 3, (8,)), Encoder)
+    assert isinstance(make_decoder("mlp", 3, 20, (8,)), Decoder)
+    enc = make_encoder(("conv", {"channels": 2}), 784, 3, (8,), "relu")
+    assert isinstance(enc, ConvEncoder) and enc.conv[0].out_channels == 2
+    dec = make_decoder({"name": "conv", "channels": 2}, 3, 784 * 2, (8,), "relu", outputs_per_feature=2)
+    assert isinstance(dec, ConvDecoder) and dec(torch.zeros(1, 3)).shape == (1, 1568)
+    assert describe_network("conv") == {"name": "conv", "channels": 32}
+    assert describe_network({"name": "mlp"}) == {"name": "mlp"}
+    with pytest.raises(ValueError, match="unknown network 'resnet'"):
+        make_encoder("resnet", 784, 3)
+    with pytest.raises(ValueError, match="channels"):
+        describe_network(("mlp", {"channels": 3}))
+    with pytest.raises(ValueError, match="channels must be a positive integer"):
+        make_encoder(("conv", {"channels": 0}), 784, 3)
+    with pytest.raises(TypeError, match="network must be"):
+        describe_network(3)

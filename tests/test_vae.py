@@ -9,6 +9,7 @@ import pyro.distributions as dist
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 from pyro import poutine
 
+from pyro_vae.networks import ConvDecoder, ConvEncoder
 from pyro_vae.vae import VAE, AmortizedGuide
 
 import linear_gaussian as lg
@@ -124,17 +125,22 @@ def test_beta_scales_only_the_kl_term():
     assert -loss == pytest.approx((ll + 0.25 * (log_pz - log_qz)).item(), rel=1e-10)
 
 
-@pytest.mark.parametrize("prior", ["normal", "mixture", "vamp"])
-@pytest.mark.parametrize("beta", [1.0, 0.5])
+@pytest.mark.parametrize("guide,prior,beta",
+                         [("diagonal", p, b) for p in ("normal", "mixture", "vamp") for b in (1.0, 0.5)]
+                         + [(g, "normal", 1.0) for g in ("full", "iaf")] + [(g, "vamp", 0.5) for g in ("full", "iaf")])
 @pytest.mark.parametrize("elbo", [Trace_ELBO(max_plate_nesting=1),
                                   Trace_ELBO(num_particles=3, vectorize_particles=True, max_plate_nesting=1),
                                   Trace_ELBO(num_particles=2, max_plate_nesting=1),
                                   TraceMeanField_ELBO(num_particles=3, vectorize_particles=True,
                                                       max_plate_nesting=1)],
                          ids=["trace", "trace-vectorized", "trace-loop", "meanfield"])
-def test_effect_guide_gives_the_guide_programs_elbo_and_gradients(prior, beta, elbo):
+def test_effect_guide_gives_the_guide_programs_elbo_and_gradients(guide, prior, beta, elbo):
     """fit trains with AmortizedGuide; for the same draws it must be vae.guide exactly."""
-    vae = VAE(12, 3, hidden=(8,), prior=prior, likelihood="bernoulli", beta=beta, seed=0)
+    vae = VAE(12, 3, hidden=(8,), prior=prior, likelihood="bernoulli", beta=beta, seed=0, guide=guide)
+    with torch.no_grad():  # the full and flow parts start at zero (the diagonal guide): move them
+        for p in vae.q.parameters():
+            if p not in set(vae.encoder.parameters()):
+                p.normal_(0.0, 0.3)
     x = torch.bernoulli(torch.full((10, 12), 0.3))
     results = []
     for guide in (vae.guide, AmortizedGuide(vae)):
@@ -187,8 +193,32 @@ def test_user_declared_prior_and_likelihood():
     x = torch.randn(5, 6)
     assert vae.decoder(torch.zeros(1, 4)).shape == (1, 12)
     tr = poutine.trace(vae.model).get_trace(x)
-    assert isinstance(tr.nodes["z"]["fn"].base_dist if hasattr(tr.nodes["z"]["fn"], "base_dist") else tr.nodes["z"]["fn"], (dist.Laplace, dist.Independent, dist.ExpandedDistribution))
+    z, prior_site, lik_site = tr.nodes["z"]["value"], tr.nodes["z"]["fn"], tr.nodes["x"]["fn"]
+    # the model's z site is the user's Laplace (not the default Normal) ...
+    base = prior_site
+    while not isinstance(base, (dist.Laplace, dist.Normal)):
+        base = base.base_dist
+    assert type(base) is dist.Laplace
+    assert prior_site.batch_shape == (5,) and prior_site.event_shape == (4,)
+    torch.testing.assert_close(prior_site.log_prob(z), torch.distributions.Laplace(0.0, 1.0).log_prob(z).sum(-1))
+    # ... and its x site the user's Student-t on the decoder output
+    out = vae.decoder(z)
+    expected = torch.distributions.StudentT(4.0, out[..., :6], torch.nn.functional.softplus(out[..., 6:]) + 1e-3)
+    torch.testing.assert_close(lik_site.log_prob(x), expected.log_prob(x).sum(-1))
     assert math.isfinite(Trace_ELBO().loss(vae.model, vae.guide, x))
+
+
+def test_beta_is_checked_when_set():
+    """A KL weight that cannot give a finite objective is refused at construction."""
+    for bad in (math.inf, -0.5, math.nan):
+        with pytest.raises(ValueError, match="beta"):
+            VAE(6, 2, likelihood="gaussian", beta=bad)
+    with pytest.raises(TypeError, match="beta"):
+        VAE(6, 2, likelihood="gaussian", beta="0.5")
+    vae = VAE(6, 2, likelihood="gaussian", beta=0.0)
+    with pytest.raises(ValueError, match="beta must be finite"):
+        vae.beta = math.inf
+    assert vae.beta == 0.0
 
 
 def test_bad_prior_and_networks_are_refused():
@@ -224,6 +254,27 @@ def test_same_seed_same_initial_weights_and_config_round_trip():
     c = VAE.from_config(a.config())
     assert c.config() == a.config()
     assert set(c.state_dict()) == set(a.state_dict())
+    assert a.config()["guide"] == {"name": "diagonal"} and a.config()["network"] == {"name": "mlp"}
+    # a config written before guides and networks were options describes the diagonal MLP VAE
+    old = {k: v for k, v in a.config().items() if k not in ("guide", "network")}
+    assert VAE.from_config(old).config() == a.config()
+
+
+def test_convolutional_networks_are_selectable_and_survive_the_config():
+    vae = VAE(784, 4, hidden=(16,), network=("conv", {"channels": 4}), guide="full", seed=0)
+    assert isinstance(vae.encoder, ConvEncoder) and isinstance(vae.decoder, ConvDecoder)
+    assert vae.config()["network"] == {"name": "conv", "channels": 4}
+    rebuilt = VAE.from_config(vae.config())
+    assert rebuilt.config() == vae.config()
+    rebuilt.load_state_dict(vae.state_dict())
+    x = torch.bernoulli(torch.full((3, 784), 0.2))
+    torch.testing.assert_close(rebuilt.reconstruct(x), vae.reconstruct(x))
+    assert math.isfinite(Trace_ELBO().loss(vae.model, vae.guide, x))
+    assert VAE(784, 4, hidden=(16,), network="conv").config()["network"] == {"name": "conv", "channels": 32}
+    with pytest.raises(ValueError, match="square"):
+        VAE(30, 2, network="conv")
+    with pytest.raises(ValueError, match="unknown network 'rnn'"):
+        VAE(784, 2, network="rnn")
 
 
 def test_learned_prior_and_likelihood_parameters_get_gradients_through_svi():
@@ -237,3 +288,5 @@ def test_learned_prior_and_likelihood_parameters_get_gradients_through_svi():
     # the Pyro param store sees every parameter, so plain pyro.infer.SVI trains them too
     names = set(pyro.get_param_store().keys())
     assert any(n.startswith("vae_prior") for n in names) and any(n.startswith("vae_encoder") for n in names)
+    # each parameter once: the guide's own parts and the encoder are registered under one name each
+    assert len(names) == len({id(p) for p in vae.parameters()})
