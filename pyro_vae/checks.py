@@ -6,7 +6,8 @@ The command line turns either into a one-line message and exit code 2.
 
 * numbers: :func:`check_int`, :func:`check_positive_int`, :func:`check_float`,
   :func:`check_positive_float`, :func:`check_bool`, :func:`check_choice`;
-* programs and named components: :func:`check_callable`, :func:`parse_spec`;
+* programs and named components: :func:`check_callable`, :func:`check_program_args`,
+  :func:`parse_spec`;
 * data: :func:`check_finite`, :func:`as_data_tensor`;
 * where and how randomly: :func:`resolve_device`, :func:`check_seed`, :func:`fork_rng`.
 """
@@ -26,6 +27,7 @@ __all__ = [
     "check_bool",
     "check_choice",
     "check_callable",
+    "check_program_args",
     "parse_spec",
     "check_finite",
     "as_data_tensor",
@@ -141,6 +143,24 @@ def check_callable(fn, name):
     if not callable(fn):
         raise TypeError(f"{name} must be callable (a Pyro program), got {_type_name(fn)}")
     return fn
+
+
+def check_program_args(model_args, model_kwargs):
+    """The further arguments of a Pyro model and guide, ``program(x, *args, **kwargs)``.
+
+    :param model_args: a tuple (or list) of positional arguments.
+    :param model_kwargs: a dict of keyword arguments, or ``None`` for none.
+    :returns: ``(tuple, dict)``.
+    :raises TypeError: not a tuple/list, or not a dict.
+    """
+    if not isinstance(model_args, (tuple, list)):
+        raise TypeError(f"model_args must be a tuple of extra positional arguments, got "
+                        f"{_type_name(model_args)}")
+    if model_kwargs is None:
+        model_kwargs = {}
+    if not isinstance(model_kwargs, dict):
+        raise TypeError(f"model_kwargs must be a dict of keyword arguments, got {_type_name(model_kwargs)}")
+    return tuple(model_args), model_kwargs
 
 
 def parse_spec(spec, what):

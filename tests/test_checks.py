@@ -6,7 +6,8 @@ import torch
 
 from pyro_vae.checks import (
     as_data_tensor, check_bool, check_callable, check_choice, check_finite, check_float, check_int,
-    check_positive_float, check_positive_int, check_seed, fork_rng, parse_spec, resolve_device,
+    check_positive_float, check_positive_int, check_program_args, check_seed, fork_rng, parse_spec,
+    resolve_device,
 )
 
 
@@ -51,6 +52,17 @@ def test_bool_choice_callable():
         check_choice(["a"], "mode", ("a", "b"))  # unhashable is just unknown
     with pytest.raises(TypeError, match="model must be callable"):
         check_callable(3, "model")
+
+
+def test_program_args():
+    assert check_program_args([1, 2], None) == ((1, 2), {})
+    kwargs = {"beta": 0.5}
+    args, out = check_program_args((), kwargs)
+    assert args == () and out is kwargs
+    with pytest.raises(TypeError, match="model_args must be a tuple.*got int"):
+        check_program_args(3, None)
+    with pytest.raises(TypeError, match="model_kwargs must be a dict.*got list"):
+        check_program_args((), [1])
 
 
 def test_parse_spec_forms():

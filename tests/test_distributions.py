@@ -1,3 +1,5 @@
+import math
+
 import pytest
 import torch
 
@@ -5,7 +7,8 @@ import pyro
 import pyro.distributions as dist
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae.distributions import BernoulliEvent, NormalEvent
+from pyro_vae.distributions import (BernoulliEvent, NormalEvent, gaussian_marginals, noise_spec,
+                                    sample_from_noise)
 
 F64 = torch.float64
 
@@ -114,3 +117,186 @@ def test_elbos_see_the_same_densities_as_with_to_event():
             pyro.set_rng_seed(0)
             losses.append(elbo.loss(*programs(fast), x))
         assert losses[0] == pytest.approx(losses[1], rel=1e-12)
+
+
+# ----------------------------------------------------------------------------- samples from given noise
+def _noise(fn, g, *sample_shape):
+    spec = noise_spec(fn)
+    return torch.randn(tuple(sample_shape) + tuple(spec.shape), generator=g, dtype=spec.dtype)
+
+
+def test_normal_families_are_loc_plus_scale_times_the_noise():
+    g = torch.Generator().manual_seed(0)
+    loc, scale = _normal_params(g, batch=(3,), d=4)
+    eps = torch.randn(3, 4, generator=g, dtype=F64)
+    for fn in (dist.Normal(loc, scale), dist.Normal(loc, scale).to_event(1), NormalEvent(loc, scale),
+               dist.Normal(loc, scale).to_event(1).mask(torch.tensor([True, False, True]))):
+        spec = noise_spec(fn)
+        assert spec.shape == (3, 4) and spec.dtype == F64 and spec.device == loc.device
+        assert torch.equal(sample_from_noise(fn, eps), loc + scale * eps)
+    # reparameterized: d value / d loc = 1, d value / d scale = eps
+    value = sample_from_noise(NormalEvent(loc, scale), eps)
+    grad_loc, grad_scale = torch.autograd.grad(value.sum(), (loc, scale))
+    assert torch.equal(grad_loc, torch.ones_like(loc)) and torch.equal(grad_scale, eps)
+    # broadcast over particles by a plate (expand), and Pyro's ExpandedDistribution
+    for fn in (NormalEvent(loc, scale).expand((5, 3)), dist.ExpandedDistribution(dist.Normal(loc, scale), (5, 3, 4))):
+        eps5 = _noise(fn, g)
+        assert eps5.shape == (5, 3, 4)
+        assert torch.equal(sample_from_noise(fn, eps5), loc + scale * eps5)
+
+
+def test_multivariate_normals_from_noise():
+    g = torch.Generator().manual_seed(1)
+    loc = torch.randn(3, 4, generator=g, dtype=F64, requires_grad=True)
+    tril = (torch.randn(3, 4, 4, generator=g, dtype=F64).tril(-1) + torch.diag_embed(
+        0.5 + torch.rand(3, 4, generator=g, dtype=F64))).requires_grad_()
+    fn = dist.MultivariateNormal(loc, scale_tril=tril).expand((6, 3))  # particles x datapoints
+    eps = _noise(fn, g)
+    assert eps.shape == (6, 3, 4)
+    naive = torch.stack([torch.stack([loc[i] + tril[i] @ eps[k, i] for i in range(3)]) for k in range(6)])
+    value = sample_from_noise(fn, eps)
+    torch.testing.assert_close(value, naive, rtol=1e-12, atol=1e-12)
+    assert value.requires_grad
+    # one scale_tril shared by the batch
+    shared = dist.MultivariateNormal(loc, scale_tril=tril[0])
+    torch.testing.assert_close(sample_from_noise(shared, eps), loc + eps @ tril[0].T, rtol=1e-12, atol=1e-12)
+    # low rank: loc + W eps_1 + sqrt(D) eps_2
+    w = torch.randn(4, 2, generator=g, dtype=F64)
+    diag = 0.1 + torch.rand(4, generator=g, dtype=F64)
+    low = dist.LowRankMultivariateNormal(loc, w, diag)
+    eps = _noise(low, g)
+    assert eps.shape == (3, 6)
+    torch.testing.assert_close(sample_from_noise(low, eps), loc + eps[:, :2] @ w.T + diag.sqrt() * eps[:, 2:],
+                               rtol=1e-12, atol=1e-12)
+
+
+def test_transformed_distributions_push_the_base_sample_through_the_transforms():
+    from pyro.distributions.transforms import AffineTransform, affine_autoregressive
+
+    g = torch.Generator().manual_seed(2)
+    loc, scale = _normal_params(g, batch=(5,), d=3)
+    lognormal = dist.LogNormal(loc, scale)
+    eps = _noise(lognormal, g)
+    torch.testing.assert_close(sample_from_noise(lognormal, eps), (loc + scale * eps).exp())
+    torch.manual_seed(0)
+    iaf = affine_autoregressive(3, hidden_dims=[8]).double()
+    base = NormalEvent(loc, scale)
+    flow = dist.TransformedDistribution(base, [iaf, AffineTransform(1.0, 2.0, event_dim=1)]).expand((2, 5))
+    assert flow.batch_shape == (2, 5) and flow.event_shape == (3,)
+    eps = _noise(flow, g)
+    assert eps.shape == (2, 5, 3)
+    torch.testing.assert_close(sample_from_noise(flow, eps), 1.0 + 2.0 * iaf(loc + scale * eps))
+
+
+def test_discrete_families_by_inverse_cdf():
+    g = torch.Generator().manual_seed(3)
+    probs = torch.tensor([[0.2, 0.0, 0.5, 0.3], [0.25, 0.25, 0.25, 0.25]], dtype=F64)
+    eps = torch.randn(20000, 2, generator=g, dtype=F64)
+    u = torch.special.ndtr(eps)
+    cat = dist.Categorical(probs=probs).expand((20000, 2))
+    assert noise_spec(cat).shape == (20000, 2)
+    value = sample_from_noise(cat, eps)
+    # the category whose CDF interval holds u = Phi(eps)
+    edges = probs.cumsum(-1)
+    naive = (u.unsqueeze(-1) >= edges).sum(-1)
+    assert torch.equal(value, naive)
+    assert not bool((value[:, 0] == 1).any())  # probability 0 never drawn
+    freq = torch.stack([(value == c).double().mean(0) for c in range(4)], -1)
+    assert (freq - probs).abs().max() < 4 * math.sqrt(0.25 / 20000)
+    onehot = sample_from_noise(dist.OneHotCategorical(probs=probs).expand((20000, 2)), eps)
+    assert torch.equal(onehot.argmax(-1), value) and torch.equal(onehot.sum(-1), torch.ones(20000, 2, dtype=F64))
+    p = torch.tensor([0.1, 0.7], dtype=F64)
+    flips = sample_from_noise(dist.Bernoulli(probs=p).expand((20000, 2)), eps)
+    assert torch.equal(flips, (u < p).double())
+    assert (flips.mean(0) - p).abs().max() < 4 * math.sqrt(0.25 / 20000)
+
+
+def test_univariate_distributions_with_an_icdf_and_mixtures():
+    g = torch.Generator().manual_seed(4)
+    rate = torch.tensor([0.5, 2.0], dtype=F64)
+    eps = torch.randn(4, 2, generator=g, dtype=F64)
+    torch.testing.assert_close(sample_from_noise(dist.Exponential(rate), eps),
+                               -torch.log1p(-torch.special.ndtr(eps)) / rate)
+    # a mixture: the component by inverse CDF of the first noise, then the component's own rule
+    weights = torch.tensor([0.3, 0.7], dtype=F64)
+    locs = torch.tensor([[-5.0, 0.0], [5.0, 1.0]], dtype=F64)
+    mixture = dist.MixtureSameFamily(dist.Categorical(weights), NormalEvent(locs, 0.5)).expand((3,))
+    eps = _noise(mixture, g)
+    assert eps.shape == (3, 3)
+    value = sample_from_noise(mixture, eps)
+    component = (torch.special.ndtr(eps[:, 0]) >= 0.3).long()
+    torch.testing.assert_close(value, locs[component] + 0.5 * eps[:, 1:])
+
+
+@pytest.mark.parametrize("make", [
+    lambda: dist.Normal(torch.tensor([1.0, -2.0], dtype=F64), torch.tensor([0.5, 2.0], dtype=F64)),
+    lambda: dist.MultivariateNormal(torch.tensor([1.0, -1.0], dtype=F64),
+                                    covariance_matrix=torch.tensor([[2.0, 0.8], [0.8, 1.0]], dtype=F64)),
+    lambda: dist.LowRankMultivariateNormal(torch.zeros(2, dtype=F64), torch.tensor([[1.0], [0.5]], dtype=F64),
+                                           torch.tensor([0.2, 0.3], dtype=F64)),
+    lambda: dist.LogNormal(torch.tensor(0.2, dtype=F64), 0.4),
+    lambda: dist.Laplace(torch.tensor(1.0, dtype=F64), 2.0),
+    lambda: dist.Gumbel(torch.tensor(1.0, dtype=F64), 2.0),
+    lambda: dist.Uniform(torch.tensor(-1.0, dtype=F64), 3.0),
+    lambda: dist.Categorical(torch.tensor([0.1, 0.6, 0.3], dtype=F64)),
+    lambda: dist.MixtureSameFamily(dist.Categorical(torch.tensor([0.4, 0.6], dtype=F64)),
+                                   dist.Normal(torch.tensor([-2.0, 3.0], dtype=F64), 1.0)),
+], ids=["normal", "mvn", "lowrank", "lognormal", "laplace", "gumbel", "uniform", "categorical", "mixture"])
+def test_draws_from_standard_noise_have_the_distributions_moments(make):
+    fn = make()
+    g = torch.Generator().manual_seed(5)
+    n = 40000
+    value = sample_from_noise(fn.expand((n,) + fn.batch_shape), _noise(fn.expand((n,) + fn.batch_shape), g))
+    value = value.double()
+    if isinstance(fn, dist.Categorical):  # torch gives no moments of the index
+        support = torch.arange(3, dtype=F64)
+        mean = (fn.probs * support).sum()
+        var = (fn.probs * (support - mean) ** 2).sum()
+    else:
+        mean, var = fn.mean, fn.variance
+    assert value.shape == (n,) + fn.batch_shape + fn.event_shape
+    assert ((value.mean(0) - mean).abs() <= 5 * (var / n).sqrt()).all()
+    # the variance's own standard error, from the fourth moment
+    m4 = ((value - value.mean(0)) ** 4).mean(0)
+    assert ((value.var(0) - var).abs() <= 5 * ((m4 - var ** 2) / n).sqrt()).all()
+    if isinstance(fn, dist.MultivariateNormal):
+        cov = torch.cov(value.T)
+        assert abs(float(cov[0, 1]) - 0.8) < 0.05
+
+
+def test_families_without_a_noise_sampler():
+    for fn in (dist.Gamma(torch.tensor(2.0), 1.0), dist.Beta(torch.tensor(2.0), 3.0),
+               dist.Poisson(torch.tensor(3.0)), dist.Gamma(torch.ones(3), 1.0).to_event(1)):
+        assert noise_spec(fn) is None
+        with pytest.raises(ValueError, match="no sampler from standard noise"):
+            sample_from_noise(fn, torch.zeros(3))
+    assert noise_spec(dist.Delta(torch.zeros(3))) is None
+
+
+def test_gaussian_marginals_over_subsets_of_coordinates():
+    g = torch.Generator().manual_seed(6)
+    d = 6
+    loc = torch.randn(d, generator=g, dtype=F64)
+    a = torch.randn(d, d, generator=g, dtype=F64)
+    cov = a @ a.T + 0.5 * torch.eye(d, dtype=F64)
+    index = torch.tensor([[4, 0], [1, 5], [3, 2]])
+    value = torch.randn(7, d, generator=g, dtype=F64)  # 7 particles
+    w = torch.randn(d, 2, generator=g, dtype=F64)
+    diag = 0.1 + torch.rand(d, generator=g, dtype=F64)
+    full = dist.MultivariateNormal(loc, covariance_matrix=cov)
+    cases = [(full.expand((7,)), cov),
+             (dist.LowRankMultivariateNormal(loc, w, diag), w @ w.T + torch.diag(diag)),
+             (dist.Normal(loc, diag.sqrt()).to_event(1), torch.diag(diag))]
+    for fn, sigma in cases:
+        marginals = gaussian_marginals(fn, index)
+        lp = marginals.log_prob(value[..., index])
+        assert lp.shape == (7, 3)
+        for m, rows in enumerate(index):
+            ref = dist.MultivariateNormal(loc[rows], covariance_matrix=sigma[rows][:, rows]).log_prob(value[:, rows])
+            torch.testing.assert_close(lp[:, m], ref, rtol=1e-10, atol=1e-10)
+    # the marginals of disjoint subsets of independent coordinates add up to the joint density
+    diagonal = dist.Normal(loc, diag.sqrt()).to_event(1)
+    torch.testing.assert_close(gaussian_marginals(diagonal, index).log_prob(value[..., index]).sum(-1),
+                               diagonal.log_prob(value), rtol=1e-12, atol=1e-12)
+    with pytest.raises(ValueError, match=r"marginals of Independent\(Gamma\)"):
+        gaussian_marginals(dist.Gamma(torch.ones(d), 1.0).to_event(1), index)
