@@ -33,6 +33,10 @@ processes) controls the randomness while the sample keeps its distribution and i
 
 Distributions with none of these rules (``Gamma``, ``Beta``, ``Poisson``...) have no
 :func:`noise_spec`; ``Delta`` needs no noise.
+
+Any other distribution joins in by defining two methods: ``noise_spec()``, returning its
+:data:`NoiseSpec`, and ``from_noise(noise)``, returning the draw (the package's per-datapoint
+flows and defensive mixtures do).
 """
 
 import math
@@ -219,11 +223,20 @@ def _is_univariate_with_icdf(fn):
     return fn.event_shape == () and type(fn).icdf is not torch.distributions.Distribution.icdf
 
 
+def _has_own_rule(fn):
+    """Whether ``fn`` brings its own ``noise_spec()`` and ``from_noise(noise)``."""
+    return callable(getattr(fn, "noise_spec", None)) and callable(getattr(fn, "from_noise", None))
+
+
 def _noise_leaf(fn):
     """(dtype, device) of the innermost distribution's parameters, or None if no sampler."""
     while isinstance(fn, (torch.distributions.Independent, dist.MaskedDistribution,
-                          dist.ExpandedDistribution, torch.distributions.TransformedDistribution)):
+                          dist.ExpandedDistribution, torch.distributions.TransformedDistribution)) \
+            and not _has_own_rule(fn):
         fn = fn.base_dist
+    if _has_own_rule(fn):
+        spec = fn.noise_spec()
+        return None if spec is None else (spec.dtype, spec.device)
     if isinstance(fn, torch.distributions.MixtureSameFamily):
         return _noise_leaf(fn.component_distribution)
     if isinstance(fn, (torch.distributions.Normal, torch.distributions.MultivariateNormal,
@@ -240,6 +253,9 @@ def _noise_leaf(fn):
 
 def _noise_event_shape(fn):
     """Shape of the noise of one draw beyond ``fn.batch_shape``, or None."""
+    if _has_own_rule(fn):
+        spec = fn.noise_spec()
+        return None if spec is None else torch.Size(spec.shape[len(fn.batch_shape):])
     if isinstance(fn, torch.distributions.Independent):
         inner = _noise_event_shape(fn.base_dist)
         if inner is None:
@@ -288,6 +304,8 @@ def _matvec(matrix, vector):
 
 
 def _from_noise(fn, noise):
+    if _has_own_rule(fn):
+        return fn.from_noise(noise)
     if isinstance(fn, (torch.distributions.Independent, dist.MaskedDistribution, dist.ExpandedDistribution)):
         return _from_noise(fn.base_dist, noise)
     if isinstance(fn, torch.distributions.TransformedDistribution):

@@ -43,7 +43,7 @@ from torch.distributions import constraints
 import pyro
 from pyro.distributions.torch_distribution import TorchDistribution
 
-from pyro_vae.distributions import NormalEvent
+from pyro_vae.distributions import NoiseSpec, NormalEvent, noise_spec, sample_from_noise
 from pyro_vae.checks import (as_data_tensor, check_int, check_positive_float, check_positive_int, check_seed,
                              fork_rng)
 from pyro_vae.guides import LocalPosterior
@@ -226,6 +226,32 @@ class DefensiveMixture(TorchDistribution):
             za, zb = self.a.sample(sample_shape), self.b.sample(sample_shape)
             pick = torch.rand(za.shape[:-1], device=za.device) < 0.5
             return torch.where(pick.unsqueeze(-1), za, zb)
+
+    def noise_spec(self):
+        """Noise of one draw (see :func:`pyro_vae.distributions.noise_spec`): one number that
+        picks the component, then the noise of ``a`` and of ``b``, flattened; ``None`` when a
+        component has no noise-based sampler."""
+        specs = noise_spec(self.a), noise_spec(self.b)
+        if None in specs:
+            return None
+        sizes = [self._event_size(spec, c) for spec, c in zip(specs, (self.a, self.b))]
+        return NoiseSpec(self.batch_shape + (1 + sum(sizes),), specs[0].dtype, specs[0].device)
+
+    def from_noise(self, noise):
+        """The draw made from standard-normal ``noise`` of the shape :meth:`noise_spec` gives."""
+        parts, start = [], 1
+        for c in (self.a, self.b):
+            spec = noise_spec(c)
+            size = self._event_size(spec, c)
+            event = spec.shape[len(c.batch_shape):]
+            parts.append(sample_from_noise(c, noise[..., start:start + size].reshape(noise.shape[:-1] + event)))
+            start += size
+        pick = torch.special.ndtr(noise[..., 0]) < 0.5
+        return torch.where(pick.unsqueeze(-1), parts[0], parts[1]).detach()
+
+    @staticmethod
+    def _event_size(spec, component):
+        return spec.shape[len(component.batch_shape):].numel()
 
     def log_prob(self, value):
         return torch.logaddexp(self.a.log_prob(value), self.b.log_prob(value)) - math.log(2.0)

@@ -51,7 +51,7 @@ from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 
 from pyro_vae.checks import check_int, parse_spec
-from pyro_vae.distributions import NormalEvent
+from pyro_vae.distributions import NoiseSpec, NormalEvent
 
 __all__ = ["GUIDES", "DEFAULT_NUM_FLOWS", "Guide", "DiagonalGuide", "FullCovarianceGuide", "IAFGuide",
            "CholeskyNormal", "ConditionalIAF", "LocalPosterior", "PerDatapointIAF", "make_guide", "check_guide",
@@ -472,7 +472,18 @@ class PerDatapointIAF(TorchDistribution):
         return out.movedim(0, -2), ladj.movedim(0, -1)
 
     def rsample(self, sample_shape=torch.Size()):
-        z0 = self._base().rsample(sample_shape)
+        return self._push(self._base().rsample(sample_shape))
+
+    def noise_spec(self):
+        """The standard-normal noise of one draw: that of the base Gaussian, ``batch_shape + (L,)``
+        (see :func:`pyro_vae.distributions.noise_spec`)."""
+        return NoiseSpec(self.batch_shape + self.event_shape, self.loc.dtype, self.loc.device)
+
+    def from_noise(self, noise):
+        """The draw made from standard-normal ``noise`` of shape ``batch_shape + (L,)``."""
+        return self._push(self.loc + self.scale * noise)
+
+    def _push(self, z0):
         z, ladj = self._flow(z0, inverse=False)
         self._cache = (z, self._base().log_prob(z0) - ladj)
         return z

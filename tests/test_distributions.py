@@ -300,3 +300,28 @@ def test_gaussian_marginals_over_subsets_of_coordinates():
                                diagonal.log_prob(value), rtol=1e-12, atol=1e-12)
     with pytest.raises(ValueError, match=r"marginals of Independent\(Gamma\)"):
         gaussian_marginals(dist.Gamma(torch.ones(d), 1.0).to_event(1), index)
+
+
+def test_a_distribution_with_its_own_noise_rule_is_used():
+    from pyro_vae.distributions import NoiseSpec, noise_spec, sample_from_noise
+
+    class Shifted(dist.TorchDistribution):
+        """x = 3 + eps, with its own rule."""
+        arg_constraints = {}
+        support = dist.constraints.real
+
+        def __init__(self):
+            super().__init__(torch.Size([2]), torch.Size())
+
+        def noise_spec(self):
+            return NoiseSpec(self.batch_shape, torch.float32, torch.device("cpu"))
+
+        def from_noise(self, noise):
+            return 3.0 + noise
+
+    d = Shifted()
+    assert noise_spec(d).shape == (2,)
+    assert noise_spec(d.to_event(1)).shape == (2,)  # wrappers reach the rule too
+    eps = torch.tensor([0.5, -1.0])
+    assert torch.equal(sample_from_noise(d, eps), torch.tensor([3.5, 2.0]))
+    assert torch.equal(sample_from_noise(d.to_event(1), eps), torch.tensor([3.5, 2.0]))

@@ -285,3 +285,20 @@ def test_bad_arguments(lgvae):
         inference_gaps(lgvae, x, num_samples=0)
     with pytest.raises(TypeError, match="seed"):
         inference_gaps(lgvae, x, seed=None)
+
+
+def test_defensive_mixture_draws_from_noise_have_the_mixture_distribution():
+    from pyro_vae.distributions import noise_spec, sample_from_noise
+    from pyro_vae.gaps import DefensiveMixture
+
+    a = dist.Normal(torch.tensor([[-2.0]]), 0.5).to_event(1)
+    b = dist.MultivariateNormal(torch.tensor([[10.0]]), scale_tril=torch.tensor([[[1.0]]]))
+    m = DefensiveMixture(a, b).expand((20000, 1))
+    spec = noise_spec(m)
+    assert spec.shape == (20000, 1, 3)
+    z = sample_from_noise(m, torch.randn(spec.shape, generator=torch.Generator().manual_seed(0)))
+    assert z.shape == (20000, 1, 1)
+    left = (z < 0.5).double().mean()
+    assert abs(left - 0.5) < 0.02  # each component half the time
+    assert abs(z[z < 0.5].mean() + 2.0) < 0.02 and abs(z[z < 0.5].std() - 0.5) < 0.02
+    assert abs(z[z >= 0.5].mean() - 10.0) < 0.05
