@@ -29,8 +29,8 @@ generative models":
   transition ``log eps += adapt_rate * (mean acceptance - target_accept)`` (target 0.65). The
   acceptance that steers it comes from ``num_adapt_chains`` extra chains per datapoint whose
   weights are thrown away: adapting to the estimate's own chains (as Wu et al. do) makes the
-  transitions depend on those chains' past and biases E[w] (measurably, in the tests here),
-  whereas step sizes set by independent chains keep E[w] = p(x) exactly.
+  transitions depend on those chains' past, so that E[w] = p(x) no longer holds exactly, whereas
+  step sizes set by independent chains keep it.
 
 The densities come from Pyro traces: log p(x, z) by running the model with its latent sites
 conditioned on z (``poutine.condition``), log q(z|x) from the guide's distributions at its
@@ -405,8 +405,8 @@ def bdmc(model, guide, data_shape, num_steps=1000, num_chains=4, *, num_reverse_
                 target = _Target(programs, xb, opts["num_chains"] + _num_adapt_chains(opts))
                 run = _anneal(target, opts, bar, record=True)
                 forward.append(run)
-                true_z = {name: value.narrow(axes[name], start, xb.shape[0]).expand(
-                    (reverse_opts["num_chains"],) + value.shape[1:]) for name, value in padded.items()}
+                true_z = {name: value.narrow(axes[name], start, xb.shape[0]) for name, value in padded.items()}
+                true_z = {name: v.expand((reverse_opts["num_chains"],) + v.shape[1:]) for name, v in true_z.items()}
                 target = _Target(programs, xb, reverse_opts["num_chains"], latents=true_z)
                 reverse.append(_anneal(target, reverse_opts, bar, step_sizes=run["recorded"][::-1]))
     lower = _estimate(forward, opts, data, "lower")
@@ -690,7 +690,8 @@ def _is_identity(transform):
 def _simulate(model, model_args, model_kwargs, max_plate_nesting, placeholder):
     """Data and latents drawn from the model: ``(data, latents, padded, data_axes,
     max_plate_nesting)`` -- the latents as the trace holds them, and with their batch padded to
-    ``max_plate_nesting`` dims (the data plate's axis in ``data_axes``)."""
+    ``max_plate_nesting + 1`` dims, the first of size 1 for the chains (the data plate's axis in
+    ``data_axes``)."""
     trace = poutine.trace(poutine.uncondition(model)).get_trace(placeholder, *model_args, **model_kwargs)
     sites = sample_sites(trace)
     observed = [name for name, site in sites.items() if site["infer"].get("was_observed")]
