@@ -171,7 +171,7 @@ def find_step_size(position, potential_fn, step_size, *, energy=None, grad=None,
         trial = torch.where(active, torch.where(grow, 2.0 * step_size, 0.5 * step_size), step_size)
         above = accept_prob(trial) > threshold
         crossed = active & (above != grow)
-        # growing: keep the last step size still above the threshold; shrinking: the first below
+        # growing: keep the last step size still above the threshold; shrinking: the first above
         step_size = torch.where(active & ~(crossed & grow), trial, step_size)
         active = active & ~crossed
     return step_size

@@ -142,3 +142,19 @@ def test_step_size_heuristic_moves_a_bad_start_both_ways():
     large = find_step_size(x, potential, torch.full((1, 2, 1), 1e3, dtype=F64), chain_dims=(0,))
     for found in (small, large):
         assert ((found > 0.2) & (found < 5.0)).all()
+
+
+def test_step_size_heuristic_counts_only_weighted_chains():
+    """Chains of weight 0 do not change the answer, however stiff their target."""
+    y = torch.randn(2, 4, 3, dtype=F64)
+    stiffness = torch.tensor([1.0, 1e6], dtype=F64).reshape(2, 1)
+    answers = {}
+    for name, scale, weights in (("plain", torch.ones(2, 1, dtype=F64), torch.tensor([[1.0], [0.0]])),
+                                 ("stiff, masked", stiffness, torch.tensor([[1.0], [0.0]])),
+                                 ("stiff, counted", stiffness, None)):
+        torch.manual_seed(6)
+        answers[name] = find_step_size(y, lambda x, s=scale: 0.5 * s * x.square().sum(-1),
+                                       torch.full((1, 4, 1), 0.1, dtype=F64), chain_dims=(0,),
+                                       weights=None if weights is None else weights.to(F64))
+    assert torch.equal(answers["plain"], answers["stiff, masked"])
+    assert (answers["stiff, counted"] < answers["plain"] / 10).all()
