@@ -3,6 +3,8 @@
 * :class:`VAE` -- a variational autoencoder as a Pyro model/guide pair with declarable priors,
   likelihoods and posterior families (:mod:`pyro_vae.guides`), trained by :func:`fit`;
 * :func:`log_likelihood` -- per-datapoint log p(x) by importance sampling for any model/guide;
+* :func:`ais_log_likelihood` -- per-datapoint log p(x) by annealed importance sampling (HMC),
+  and :func:`bdmc`, its lower and upper bounds on data simulated from the model;
 * :func:`inference_gaps` -- approximation and amortization gaps, for any guide family;
 * :class:`GaussianMixture` -- a Gaussian mixture fitted by exact EM;
 * :func:`compare_vae_em` -- VAEs against EM on Gaussian-mixture data.
@@ -13,9 +15,10 @@ __version__ = "0.1.0"
 from pyro_vae.vae import VAE  # noqa: E402
 from pyro_vae.training import fit  # noqa: E402
 from pyro_vae.importance import log_likelihood  # noqa: E402
+from pyro_vae.ais import ais_log_likelihood, bdmc  # noqa: E402
 from pyro_vae.gaps import inference_gaps  # noqa: E402
 from pyro_vae.em import GaussianMixture  # noqa: E402
 from pyro_vae.compare import compare_vae_em  # noqa: E402
 
-__all__ = ["VAE", "fit", "log_likelihood", "inference_gaps", "GaussianMixture", "compare_vae_em",
-           "__version__"]
+__all__ = ["VAE", "fit", "log_likelihood", "ais_log_likelihood", "bdmc", "inference_gaps",
+           "GaussianMixture", "compare_vae_em", "__version__"]
