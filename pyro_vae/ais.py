@@ -63,11 +63,13 @@ import pyro
 from pyro import poutine
 
 from pyro_vae.checks import (as_data_tensor, check_bool, check_callable, check_choice, check_float,
-                             check_int, check_positive_float, check_positive_int, check_seed,
-                             fork_rng)
+                             check_int, check_positive_float, check_positive_int,
+                             check_program_args, check_seed, fork_rng)
 from pyro_vae.hmc import find_step_size, hmc_transition, potential_and_grad
 from pyro_vae.importance import (DATA_PLATE, PARTICLE_PLATE, ImportanceEstimate, chunk_sizes,
-                                 param_store_guard, sample_sites, site_log_prob)
+                                 infer_max_plate_nesting, param_store_guard, sample_sites,
+                                 site_log_prob)
+from pyro_vae.noise import DatapointNoise
 
 __all__ = ["ais_log_likelihood", "bdmc", "AISEstimate", "BDMCResult", "annealing_schedule",
            "SCHEDULES"]
@@ -323,7 +325,7 @@ def ais_log_likelihood(model, guide, data, num_steps=1000, num_chains=16, *, num
                           adapt_step_size, target_accept, adapt_rate, step_size_jitter,
                           num_adapt_chains, data_batch_size, progress)
     seed = check_seed(seed)
-    model_args, model_kwargs = _check_program_args(model_args, model_kwargs)
+    model_args, model_kwargs = check_program_args(model_args, model_kwargs)
     if max_plate_nesting is not None:
         max_plate_nesting = check_int(max_plate_nesting, "max_plate_nesting", minimum=1)
     n, chains = data.shape[0], opts["num_chains"] + _num_adapt_chains(opts)
@@ -333,7 +335,11 @@ def ais_log_likelihood(model, guide, data, num_steps=1000, num_chains=16, *, num
         programs = _Programs(model, guide, model_args, model_kwargs, max_plate_nesting, data[:batch])
         runs = []
         for start in range(0, n, batch):
-            runs.append(_anneal(_Target(programs, data[start:start + batch], chains), opts, bar))
+            # the starting draws from the guide are those of log_likelihood with the same seed
+            noise = None if seed is None else DatapointNoise(seed, DATA_PLATE, PARTICLE_PLATE,
+                                                             data_offset=start)
+            runs.append(_anneal(_Target(programs, data[start:start + batch], chains, noise=noise),
+                                opts, bar))
     return _estimate(runs, opts, data, "lower")
 
 
@@ -381,7 +387,7 @@ def bdmc(model, guide, data_shape, num_steps=1000, num_chains=4, *, num_reverse_
     reverse_opts = dict(opts, adapt_step_size=False, num_chains=opts["num_chains"] if num_reverse_chains
                         is None else check_positive_int(num_reverse_chains, "num_reverse_chains"))
     seed = check_seed(seed)
-    model_args, model_kwargs = _check_program_args(model_args, model_kwargs)
+    model_args, model_kwargs = check_program_args(model_args, model_kwargs)
     if max_plate_nesting is not None:
         max_plate_nesting = check_int(max_plate_nesting, "max_plate_nesting", minimum=1)
     if dtype is None:
@@ -519,7 +525,7 @@ class _Programs:
         self.model, self.guide = model, guide
         self.args, self.kwargs = model_args, model_kwargs
         if max_plate_nesting is None:
-            max_plate_nesting = _infer_max_plate_nesting(model, guide, x_probe, model_args, model_kwargs)
+            max_plate_nesting = infer_max_plate_nesting(model, guide, x_probe, model_args, model_kwargs)
         self.max_plate_nesting = max_plate_nesting
         self.validate = True  # Pyro's argument checks (when enabled) run on the first evaluation only
 
@@ -550,11 +556,12 @@ class _Target:
     ``(C, n, P)``, for one chunk of n datapoints; u0 are the starting points: draws from the
     guide, or the given latent values (each site's value with the chains' dim first)."""
 
-    def __init__(self, programs, x, num_chains, latents=None):
+    def __init__(self, programs, x, num_chains, latents=None, noise=None):
         self.programs, self.x = programs, x
         self.shape = (num_chains, x.shape[0])
         mpn = programs.max_plate_nesting
-        guide_trace = programs.trace(programs.guide, x, num_chains, latents)
+        with noise if noise is not None else contextlib.nullcontext():
+            guide_trace = programs.trace(programs.guide, x, num_chains, latents)
         guide_sites = sample_sites(guide_trace)
         values = {}
         for name, site in guide_sites.items():
@@ -766,26 +773,6 @@ def _check_data_shape(data_shape):
     if not isinstance(data_shape, (tuple, list, torch.Size)) or not data_shape:
         raise TypeError(f"data_shape must be a tuple (N, ...) such as (100, 784), got {data_shape!r}")
     return tuple(check_positive_int(s, "each entry of data_shape") for s in data_shape)
-
-
-def _check_program_args(model_args, model_kwargs):
-    if not isinstance(model_args, (tuple, list)):
-        raise TypeError(f"model_args must be a tuple of extra positional arguments, got "
-                        f"{type(model_args).__name__}")
-    if model_kwargs is None:
-        model_kwargs = {}
-    if not isinstance(model_kwargs, dict):
-        raise TypeError(f"model_kwargs must be a dict, got {type(model_kwargs).__name__}")
-    return tuple(model_args), model_kwargs
-
-
-def _infer_max_plate_nesting(model, guide, x, model_args, model_kwargs):
-    guide_trace = poutine.trace(guide).get_trace(x, *model_args, **model_kwargs)
-    model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
-        x, *model_args, **model_kwargs)
-    dims = [-f.dim for tr in (guide_trace, model_trace) for site in tr.nodes.values()
-            if site["type"] == "sample" for f in site["cond_indep_stack"] if f.vectorized]
-    return max(dims, default=1)
 
 
 def _progress_bar(progress, total, desc):

@@ -87,7 +87,8 @@ from pyro_vae.distributions import gaussian_marginals
 from pyro_vae.noise import DatapointNoise
 
 __all__ = ["log_likelihood", "log_weights", "ImportanceEstimate", "program_dtype", "DATA_PLATE",
-           "PARTICLE_PLATE", "chunk_sizes", "sample_sites", "site_log_prob", "param_store_guard"]
+           "PARTICLE_PLATE", "chunk_sizes", "infer_max_plate_nesting", "sample_sites", "site_log_prob",
+           "param_store_guard"]
 
 #: name of the plate of vectorized particles (chosen not to collide with a user's plates)
 PARTICLE_PLATE = "_pyro_vae_particles"
@@ -225,7 +226,7 @@ def log_weights(model, guide, x, num_particles, *, model_args=(), model_kwargs=N
     seed = check_seed(seed)
     x = _program_data(x, "x", model, guide, model_args, model_kwargs)
     if max_plate_nesting is None:
-        max_plate_nesting = _infer_max_plate_nesting(model, guide, x, model_args, model_kwargs)
+        max_plate_nesting = infer_max_plate_nesting(model, guide, x, model_args, model_kwargs)
     max_plate_nesting = check_int(max_plate_nesting, "max_plate_nesting", minimum=1)
     noise = None if seed is None else DatapointNoise(seed, DATA_PLATE, PARTICLE_PLATE)
     return _log_weights(model, guide, x, num_particles, model_args, model_kwargs, max_plate_nesting,
@@ -305,7 +306,7 @@ def log_likelihood(model, guide, data, num_samples=1000, *, particle_batch_size=
                     f"particles chunked to fit memory) or data_batch_size={n}")
             kb, nb = chunk_sizes(num_samples, n, row_size, particle_batch_size, n)
         if max_plate_nesting is None:
-            max_plate_nesting = _infer_max_plate_nesting(model, guide, data[:nb], model_args,
+            max_plate_nesting = infer_max_plate_nesting(model, guide, data[:nb], model_args,
                                                          model_kwargs)
         num_chunks = math.ceil(n / nb) * math.ceil(num_samples / kb)
         with _progress_bar(progress, num_chunks) as pbar:
@@ -606,7 +607,14 @@ def _joint_site_log_prob(site, name, index, shape):
     return lp.expand(shape)
 
 
-def _infer_max_plate_nesting(model, guide, x, model_args, model_kwargs):
+def infer_max_plate_nesting(model, guide, x, model_args=(), model_kwargs=None):
+    """The number of plate dimensions model and guide use: the deepest vectorized plate of one
+    run of the guide and the model replayed on it (1 when there are none).
+
+    :param torch.Tensor x: data, shape ``(N, ...)``.
+    :returns: int >= 1.
+    """
+    model_kwargs = {} if model_kwargs is None else model_kwargs
     with torch.no_grad(), poutine.block():
         guide_trace = poutine.trace(guide).get_trace(x, *model_args, **model_kwargs)
         model_trace = poutine.trace(poutine.replay(model, trace=guide_trace)).get_trace(
