@@ -361,7 +361,7 @@ def test_iwae_training_objective_agrees_with_estimator():
     """fit(objective="iwae") records as train ELBO of one full-batch step the IWAE bound at the
     initial weights. fit draws its Monte Carlo noise from its own generator (after shuffling);
     given the same noise, log_likelihood returns the same value."""
-    from pyro_vae.distributed import SharedNoise
+    from pyro_vae.data_parallel import SharedNoise
     from pyro_vae.training import fit
     from pyro_vae.vae import VAE
 
