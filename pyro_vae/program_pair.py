@@ -163,10 +163,10 @@ class ProgramPair:
         kwargs = self._kwargs(num_data)
         for fn, role in ((self.model, "model"), (self.guide, "guide")):
             _check_call(fn, role, batch, kwargs)
-        model_tr, guide_tr = self._traces(batch, kwargs)
+        model_tr, guide_tr = self._traces(batch, kwargs, device)
         if _stale_params(model_tr, guide_tr):
             # pyro.module(..., update_module_params=True) takes the stored values on the first run
-            model_tr, guide_tr = self._traces(batch, kwargs)
+            model_tr, guide_tr = self._traces(batch, kwargs, device)
             stale = _stale_params(model_tr, guide_tr)
             if stale:
                 raise ValueError(
@@ -205,8 +205,12 @@ class ProgramPair:
     def _kwargs(self, num_data):
         return {"num_data": num_data} if self.takes_num_data else {}
 
-    def _traces(self, batch, kwargs):
-        with torch.no_grad():
+    def _traces(self, batch, kwargs, device):
+        """Traces of a run of the guide and of the model replayed against it. The run leaves
+        torch's generators as they were: training draws the same numbers as without it."""
+        devices = [device.index if device.index is not None else torch.cuda.current_device()] \
+            if device.type == "cuda" else []
+        with torch.random.fork_rng(devices=devices), torch.no_grad():
             guide_tr = poutine.trace(self.guide).get_trace(*batch, **kwargs)
             model_tr = poutine.trace(poutine.replay(self.model, trace=guide_tr)).get_trace(*batch, **kwargs)
         return model_tr, guide_tr
@@ -296,8 +300,11 @@ def check_convention(model_trace, guide_trace, batch_size, num_data, takes_num_d
             frame = next((f for f in site["cond_indep_stack"] if f.name == DATA_PLATE), None)
             if frame is None:
                 if site["is_observed"]:
+                    others = [f.name for f in site["cond_indep_stack"] if f.vectorized]
+                    hint = (f" (it is inside pyro.plate({others[0]!r}): fit's convention names the plate of "
+                            f"the datapoints {DATA_PLATE!r})") if others else ""
                     raise ValueError(
-                        f"the {role}'s observed site {name!r} lies outside pyro.plate({DATA_PLATE!r}, ...): "
+                        f"the {role}'s observed site {name!r} lies outside pyro.plate({DATA_PLATE!r}, ...){hint}: "
                         "every per-datapoint site must be inside the data plate, so that a minibatch can "
                         "be scaled to the whole data set (fit's data-plate convention)")
                 continue  # a global latent site
