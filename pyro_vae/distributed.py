@@ -8,12 +8,12 @@ The package's data-parallel code (:mod:`pyro_vae.data_parallel` for :func:`pyro_
   backend ``nccl`` on CUDA and ``gloo`` on CPU; :func:`get_rank`, :func:`get_world_size`,
   :func:`is_main_process`, :func:`local_device`;
 * collectives: :func:`all_reduce` / :func:`all_reduce_sum`, :func:`broadcast`,
-  :func:`broadcast_object` and :func:`barrier`. In a single-process run each is a no-op, and a
+  :func:`broadcast_object`. In a single-process run each is a no-op, and a
   collective that fails (another process died or stalled for longer than the timeout of the
   group, ``PYRO_VAE_DIST_TIMEOUT`` seconds, default 600) raises a :class:`RuntimeError` that
   says so;
-* the end of the job: a process group this module created is destroyed when the interpreter
-  exits.
+* the end of the job: a process group this module created is destroyed, with gloo's threads,
+  when the interpreter exits (:func:`shutdown`).
 """
 
 import atexit
@@ -29,6 +29,7 @@ __all__ = [
     "DEFAULT_TIMEOUT",
     "launched_by_torchrun",
     "init_process_group",
+    "shutdown",
     "is_initialized",
     "get_rank",
     "get_world_size",
@@ -38,7 +39,6 @@ __all__ = [
     "all_reduce_sum",
     "broadcast",
     "broadcast_object",
-    "barrier",
 ]
 
 log = logging.getLogger(__name__)
@@ -118,6 +118,7 @@ def _timeout_seconds(timeout):
 
 
 _group_timeout = None  # seconds, when this module created the process group
+_created = False  # this module created the process group (and so tears it down)
 
 
 def _timeout_of_group():
@@ -175,34 +176,49 @@ def init_process_group(device="cpu", timeout=None):
         backend = "nccl"
     else:
         backend = "gloo"
-    global _group_timeout
+    global _group_timeout, _created
+    _import_dynamo()
     dist.init_process_group(backend=backend, timeout=datetime.timedelta(seconds=seconds))
     _group_timeout = seconds
-    atexit.register(_destroy)
+    _created = True
+    atexit.register(shutdown)
     log.info("joined process group: rank %d of %d, backend %s, timeout %.0f s",
              dist.get_rank(), dist.get_world_size(), backend, seconds)
     return True
 
 
-def _destroy():
+def shutdown():
+    """Destroy the process group that :func:`init_process_group` created, and with it gloo's threads.
+
+    Registered to run at interpreter exit, while the interpreter is still fully alive; calling it
+    earlier is allowed (it acts once). A group the user created is left alone.
+    """
+    global _created
+    if not _created:
+        return
+    _created = False
     dist = _dist()
     if dist.is_available() and dist.is_initialized():
         try:
             dist.destroy_process_group()
         except Exception:  # the job is ending anyway
-            pass
+            log.debug("destroy_process_group at exit failed", exc_info=True)
 
 
-def barrier(what="barrier"):
-    """Wait until every process of the job has reached this call; a no-op in a single-process run.
+def _import_dynamo():
+    """Import ``torch._dynamo`` before a process group exists.
 
-    :param str what: name of the operation for the error message.
+    ``torch._dynamo``, once imported, holds a reference to every process group that exists at
+    that moment (``torch.optim.Adam`` imports it on first use, so training imports it anyway). A
+    group it holds survives ``destroy_process_group``: gloo's worker threads then run on into
+    the interpreter's finalization, where the process can abort with "terminate called without
+    an active exception" (SIGABRT) -- at random, a few runs in a hundred. Imported first, it
+    holds no group, and the group is destroyed at exit with its threads.
     """
-    if is_initialized() and get_world_size() > 1:
-        try:
-            _dist().barrier()
-        except RuntimeError as e:
-            raise _failed(what, e) from e
+    try:
+        import torch._dynamo  # noqa: F401
+    except Exception:  # a build without it: nothing holds the group
+        log.debug("torch._dynamo could not be imported", exc_info=True)
 
 
 def _failed(what, error):

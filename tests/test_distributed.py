@@ -236,6 +236,9 @@ def test_fit_under_torchrun_equals_single_process_fit(tmp_path):
 
     for r in (r0, r1):
         assert "different training data" in r["mismatch"] and "same data" in r["mismatch"]
+        if r["threads_before"] is not None:  # Linux: gloo's threads are gone after shutdown()
+            assert any("gloo" in t for t in r["threads_before"]), r["threads_before"]
+            assert not any("gloo" in t for t in r["threads_after"]), r["threads_after"]
 
     # problem C (a user's program pair): the same parameters as one process
     params_c, h_c = _problem_c()
@@ -376,6 +379,20 @@ def _record_steps():
     return steps
 
 
+def _thread_names():
+    tasks = f"/proc/{os.getpid()}/task"
+    if not os.path.isdir(tasks):
+        return None
+    names = []
+    for tid in os.listdir(tasks):
+        try:
+            with open(os.path.join(tasks, tid, "comm")) as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return sorted(names)
+
+
 def _worker(scenario, out_dir, argv):
     rank = int(os.environ["RANK"])
     out = os.path.join(out_dir, "out")
@@ -395,6 +412,11 @@ def _worker(scenario, out_dir, argv):
             fit(VAE(12, 2, hidden=(4,), seed=0), (_binary_data(40 + rank) > 0.5).float(), epochs=1, quiet=True)
         except ValueError as e:
             result["mismatch"] = str(e)
+        # what runs at exit: the group is destroyed with gloo's threads, none is left to the
+        # interpreter's finalization (where a live gloo thread can abort the process)
+        result["threads_before"] = _thread_names()
+        D.shutdown()
+        result["threads_after"] = _thread_names()
     elif scenario in ("cli", "cli-crash"):
         from pyro_vae import storage
         from pyro_vae.cli import main
