@@ -260,7 +260,9 @@ class _Trainer:
         log.info("resuming from %s after epoch %d", path, self.epoch)
 
     def checkpoint_state(self):
-        """The checkpoint after the epochs done (:func:`pyro_vae.checkpoints.make_checkpoint`)."""
+        """The checkpoint after the epochs done (:func:`pyro_vae.checkpoints.make_checkpoint`).
+
+        Its tensors share memory with the run: write it (or copy it) before training on."""
         store = pyro.get_param_store()
         objective_state = {name: store[name].detach() for name in store.keys()
                            if name.startswith(BASELINE_STATE_PREFIX)}

@@ -619,6 +619,40 @@ def test_kl_weight_rises_linearly_over_the_warmup_epochs():
     assert kl_weight(1, 4, 0, target=0.7) == 0.7
 
 
+def test_one_epoch_a_checkpoint_state_and_a_restore_are_pieces_that_resume_alone():
+    import copy
+
+    from pyro_vae.data_parallel import Replicas
+    from pyro_vae.program_pair import ProgramPair
+    from pyro_vae.training import HISTORY_COLUMNS, _Trainer
+
+    x = _lg_data(30)
+    settings = {"kind": "programs", "objective": "trace", "epochs": 3, "batch_size": 10, "lr": 0.05,
+                "num_particles": 1, "vectorize_particles": False, "max_plate_nesting": None, "binarize": False,
+                "clip_norm": None, "lr_schedule": "cosine", "lr_decay": None, "kl_warmup": 2, "patience": None,
+                "seed": 4, "num_data": 30}
+
+    def trainer():
+        pyro.clear_param_store()
+        pair = ProgramPair(lg_model, lg_guide, "trace")
+        pair.setup((x[:10],), 30, torch.device("cpu"), kl_warmup=2)
+        return _Trainer(pair, (x,), settings, Replicas(0, 1, "cpu"), val_data=(x[:5],))
+
+    first = trainer()
+    rows = [first.run_epoch(), first.run_epoch()]
+    assert [r["epoch"] for r in rows] == [1, 2] and rows[0]["beta"] == 0.5 and rows[1]["beta"] == 1.0
+    state = copy.deepcopy(first.checkpoint_state())
+    third = first.run_epoch()
+    second = trainer()
+    second.restore(state, "in memory")
+    assert second.epoch == 2 and second.rows == rows
+    again = second.run_epoch()
+    assert {k: again[k] for k in HISTORY_COLUMNS if k != "seconds"} == \
+        {k: third[k] for k in HISTORY_COLUMNS if k != "seconds"}
+    for name, t in first.pair.named().items():
+        assert torch.equal(second.pair.named()[name], t), name
+
+
 # --------------------------------------------------------------------------- the boundary
 def test_bad_inputs_get_clear_errors():
     x = _binary_data(20)
