@@ -85,15 +85,18 @@ def test_sites_outside_the_data_plate_or_not_normal_are_left_to_pyro():
 def test_share_gradients_weighted_by_share_size_give_the_global_batch_gradient():
     # what the all-reduce computes, done in one process: rank r's per-point-mean gradient on
     # its share, weighted by |share| / B and summed, equals the global-batch gradient
-    from pyro_vae.training import _VAEPair
+    from pyro_vae.program_pair import ProgramPair
 
     x = (_binary_data(7) > 0.5).double()
     vae = VAE(12, 2, hidden=(6,), prior="learned_normal", seed=0).double()
-    step = _VAEPair(vae, "trace", 1, True).step
-    params = list(vae.parameters())
+    pair = ProgramPair(vae.model, vae.guide, "trace")
+    pair.setup((x,), 50, torch.device("cpu"))
+    step, params = pair.step, pair.params
+    assert len(params) == len(list(vae.parameters()))
 
     def grads(rows):
-        vae.zero_grad(set_to_none=True)
+        for p in params:
+            p.grad = None
         with DP.SharedNoise(torch.Generator().manual_seed(4), rows, 7):
             loss = step((x if rows is None else x[rows],), 50)
         return loss, [p.grad.clone() for p in params]
