@@ -1,7 +1,8 @@
 """pyro-vae: latent-variable models in Pyro.
 
 * :class:`VAE` -- a variational autoencoder as a Pyro model/guide pair with declarable priors,
-  likelihoods and posterior families (:mod:`pyro_vae.guides`), trained by :func:`fit`;
+  likelihoods and posterior families (:mod:`pyro_vae.guides`), trained by :func:`fit` (which
+  trains any Pyro model/guide pair too);
 * :func:`log_likelihood` -- per-datapoint log p(x) by importance sampling for any model/guide;
 * :func:`ais_log_likelihood` -- per-datapoint log p(x) by annealed importance sampling (HMC),
   and :func:`bdmc`, its lower and upper bounds on data simulated from the model;
@@ -13,12 +14,12 @@
 __version__ = "0.1.0"
 
 from pyro_vae.vae import VAE  # noqa: E402
-from pyro_vae.training import fit  # noqa: E402
+from pyro_vae.training import DivergenceError, fit  # noqa: E402
 from pyro_vae.importance import log_likelihood  # noqa: E402
 from pyro_vae.ais import ais_log_likelihood, bdmc  # noqa: E402
 from pyro_vae.gaps import inference_gaps  # noqa: E402
 from pyro_vae.em import GaussianMixture  # noqa: E402
 from pyro_vae.compare import compare_vae_em  # noqa: E402
 
-__all__ = ["VAE", "fit", "log_likelihood", "ais_log_likelihood", "bdmc", "inference_gaps",
-           "GaussianMixture", "compare_vae_em", "__version__"]
+__all__ = ["VAE", "fit", "DivergenceError", "log_likelihood", "ais_log_likelihood", "bdmc",
+           "inference_gaps", "GaussianMixture", "compare_vae_em", "__version__"]

@@ -51,7 +51,7 @@ def _add_train(sub):
     p.add_argument("--prior", help="normal, learned_normal, laplace, studentt, mixture, vamp")
     p.add_argument("--likelihood", help="bernoulli, continuous_bernoulli, gaussian, gaussian_shared, "
                    "gaussian_feature, gaussian_decoder, laplace")
-    p.add_argument("--objective", choices=["trace", "tracegraph", "meanfield", "iwae"])
+    p.add_argument("--objective", choices=["trace", "tracegraph", "meanfield", "enum", "iwae"])
     p.add_argument("--num-particles", type=int, help="samples of z per datapoint (K for iwae)")
     p.add_argument("--latent-dim", type=int)
     p.add_argument("--hidden", type=_int_list, help="hidden layer sizes, e.g. 400 or 512,256")
@@ -514,7 +514,7 @@ def main(argv=None):
         _check_launch(args.command)
         return args.func(args) or 0
     except (UsageError, ValueError, TypeError, FileNotFoundError, IsADirectoryError,
-            PermissionError, NotADirectoryError) as e:
+            PermissionError, NotADirectoryError, FloatingPointError) as e:  # incl. a diverged training
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
         sys.stderr.write(f"pyro-vae {args.command}: error: {msg}\n")
         return 2

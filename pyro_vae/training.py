@@ -1,23 +1,36 @@
-"""Training a VAE by stochastic variational inference.
+"""Training Pyro programs by stochastic variational inference: :func:`fit`.
 
-:func:`fit` runs minibatch SVI with Adam on any of four objectives, chosen by name:
+:func:`fit` runs minibatch SVI with Adam on
+
+* a :class:`~pyro_vae.VAE`, the short form ``fit(vae, data)``, or
+* any pair of Pyro programs that follow the data-plate convention, ``fit(model, guide, data)``
+  (see :mod:`pyro_vae.program_pair`): the data are the first argument(s) of both programs, and
+  every per-datapoint site lies inside ``pyro.plate("data", ...)``.
+
+The objective is chosen by name:
 
 * ``"trace"`` -- :class:`pyro.infer.Trace_ELBO`;
 * ``"tracegraph"`` -- :class:`pyro.infer.TraceGraph_ELBO` (Rao-Blackwellized score-function
-  terms for non-reparameterizable sites);
+  terms for non-reparameterizable sites, with the baselines the guide declares through
+  ``infer={"baseline": {...}}``: a neural baseline registered with ``pyro.module`` is trained
+  with everything else, a decaying average is kept in the checkpoints);
 * ``"meanfield"`` -- :class:`pyro.infer.TraceMeanField_ELBO` (analytic KL(q || p) where one is
-  registered, e.g. for a Gaussian prior);
+  registered, e.g. a Gaussian guide and prior; the Monte Carlo term log q(z) - log p(z) where
+  none is, e.g. a Laplace prior);
+* ``"enum"`` -- :class:`pyro.infer.TraceEnum_ELBO`, which sums exactly over the discrete sites
+  marked ``infer={"enumerate": "parallel"}`` (in the guide, or in the model for sites the guide
+  does not sample);
 * ``"iwae"`` -- the importance-weighted bound of Burda et al. (2016) with ``num_particles``
   samples, computed per datapoint (see :mod:`pyro_vae.importance`).
 
-The loss is scaled to nats per datapoint. A minibatch of ``B`` points out of ``N`` enters the
-``"data"`` plate with ``size=N``, so each step's objective is an unbiased estimate of the
-full-data objective. Checkpoints hold only tensors and plain containers, are written
-atomically after every epoch, and resuming from one reproduces the uninterrupted run exactly
-on CPU.
+The loss is scaled to nats per datapoint. A minibatch of ``B`` points out of ``N`` counts
+``N / B`` times, exactly the sites inside the ``"data"`` plate and not the global ones, so each
+step's objective is an unbiased estimate of the full-data objective. Checkpoints
+(:mod:`pyro_vae.checkpoints`) are written atomically after every epoch, and resuming from one
+reproduces the uninterrupted run exactly on CPU.
 
 Under ``torchrun --nproc-per-node=W`` the same call trains data-parallel on ``W`` processes
-(:mod:`pyro_vae.distributed`): each takes its share of every minibatch, gradients are summed
+(:mod:`pyro_vae.data_parallel`): each takes its share of every minibatch, gradients are summed
 with all-reduce, only rank 0 writes files, and the parameters equal those of a one-process run
 with the same ``batch_size`` and seed up to rounding.
 """
@@ -25,6 +38,7 @@ with the same ``batch_size`` and seed up to rounding.
 import contextlib
 import logging
 import math
+import os
 import sys
 import time
 
@@ -32,316 +46,47 @@ import pandas as pd
 import torch
 
 import pyro
-from pyro import poutine
-from pyro.infer import Trace_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
+from pyro.infer import Trace_ELBO, TraceEnum_ELBO, TraceGraph_ELBO, TraceMeanField_ELBO
 
-from pyro_vae import distributed as _dist
-from pyro_vae import storage
+from pyro_vae import checkpoints, storage
+from pyro_vae.checks import (as_data_tensor, check_bool, check_choice, check_float, check_int,
+                             check_positive_float, check_positive_int, check_seed, resolve_device)
+from pyro_vae.data_parallel import Replicas
+from pyro_vae.program_pair import BASELINE_STATE_PREFIX, ProgramPair, program_data
 from pyro_vae.vae import VAE, AmortizedGuide
 
-__all__ = ["fit", "OBJECTIVES", "HISTORY_COLUMNS", "evaluate_elbo"]
+__all__ = ["fit", "OBJECTIVES", "LR_SCHEDULES", "HISTORY_COLUMNS", "DivergenceError", "evaluate_elbo",
+           "kl_weight", "adam"]
 
 log = logging.getLogger(__name__)
 
-OBJECTIVES = ("trace", "tracegraph", "meanfield", "iwae")
+OBJECTIVES = ("trace", "tracegraph", "meanfield", "enum", "iwae")
 LR_SCHEDULES = (None, "cosine", "exponential")
 HISTORY_COLUMNS = ("epoch", "train_elbo", "val_elbo", "beta", "lr", "seconds")
-CHECKPOINT_FORMAT = "pyro-vae-checkpoint-1"
 
 
-# --------------------------------------------------------------------------- objectives
-def _pyro_elbo(objective, num_particles, vectorize_particles):
-    cls = {"trace": Trace_ELBO, "tracegraph": TraceGraph_ELBO, "meanfield": TraceMeanField_ELBO}[objective]
-    return cls(num_particles=num_particles, vectorize_particles=vectorize_particles and num_particles > 1,
-               max_plate_nesting=1)
+class DivergenceError(FloatingPointError, ValueError):
+    """The training diverged: the loss or the held-out ELBO became NaN or infinite.
 
-
-class _Objective:
-    """``step(x, num_data)`` runs backward on the loss (nats per datapoint) and returns its value."""
-
-    def __init__(self, vae, objective, num_particles, vectorize_particles):
-        self.vae = vae
-        self.objective = objective
-        self.num_particles = num_particles
-        if objective == "iwae":
-            from pyro_vae.importance import log_weights
-
-            self._log_weights = log_weights
-        else:
-            self.elbo = _pyro_elbo(objective, num_particles, vectorize_particles)
-            # trace / meanfield: q(z|x) as an effect handler, one program run per step instead
-            # of a guide run and a model replay (the same ELBO; see vae.AmortizedGuide), unless
-            # a subclass wrote a guide program of its own
-            own_guide = type(vae).guide is not VAE.guide
-            self.guide = vae.guide if objective == "tracegraph" or own_guide else AmortizedGuide(vae)
-
-    def step(self, x, num_data):
-        if self.objective == "iwae":
-            logw = self._log_weights(self.vae.model, self.vae.guide, x, self.num_particles)  # (K, B)
-            bound = torch.logsumexp(logw, 0) - math.log(logw.shape[0])
-            loss = -bound.sum() / x.shape[0]
-            loss.backward()
-            return loss.item()
-        if self.objective != "tracegraph":
-            # Trace_ELBO / TraceMeanField_ELBO: their surrogate loss, differentiated here; dividing
-            # by num_data after the sum gives nats per datapoint without extra Pyro handlers
-            loss = self.elbo.differentiable_loss(self.vae.model, self.guide, x, num_data=num_data)
-            loss = loss / num_data
-            loss.backward()
-            return loss.item()
-        model, guide = self._scaled(num_data)
-        return self.elbo.loss_and_grads(model, guide, x, num_data=num_data)
-
-    def _scaled(self, num_data):
-        """model and guide scaled by 1 / num_data (nats per datapoint), built once per size."""
-        if getattr(self, "_scaled_for", None) != num_data:
-            scale = 1.0 / num_data
-            self._scaled_programs = (poutine.scale(self.vae.model, scale=scale),
-                                     poutine.scale(self.vae.guide, scale=scale))
-            self._scaled_for = num_data
-        return self._scaled_programs
-
-
-@torch.no_grad()
-def evaluate_elbo(vae, data, batch_size=1000, objective="trace"):
-    """The ELBO (with beta = 1) per datapoint, one sample of z per datapoint.
-
-    :param VAE vae: the model.
-    :param torch.Tensor data: data, shape ``(N, D)``, on the model's device.
-    :param int batch_size: datapoints per forward pass.
-    :param str objective: ``"trace"`` (Monte Carlo KL) or ``"meanfield"`` (analytic KL where
-        available).
-    :returns: mean ELBO per datapoint (float).
+    A :class:`FloatingPointError` and a :class:`ValueError` (a setting to change, not a bug):
+    the command line reports it as one line with exit code 2.
     """
-    elbo = TraceMeanField_ELBO() if objective == "meanfield" else Trace_ELBO()
-    beta, vae.beta = vae.beta, 1.0
-    try:
-        total = 0.0
-        for i in range(0, data.shape[0], batch_size):
-            xb = data[i:i + batch_size]
-            total += -elbo.loss(vae.model, vae.guide, xb)
-    finally:
-        vae.beta = beta
-    return total / data.shape[0]
 
 
-# --------------------------------------------------------------------------- validation
-def _as_data(data, vae, what, device):
-    if not isinstance(data, torch.Tensor):
-        try:
-            import numpy as np
+# --------------------------------------------------------------------------- small pieces
+def kl_weight(step, steps_per_epoch, kl_warmup, target=1.0):
+    """The KL weight at a training step under linear KL warm-up.
 
-            if isinstance(data, np.ndarray):
-                data = torch.from_numpy(data)
-            else:
-                raise TypeError
-        except TypeError:
-            raise TypeError(f"{what} must be a torch.Tensor or numpy array of shape (N, {vae.data_dim}), "
-                            f"got {type(data).__name__}; see pyro_vae.data.load_data") from None
-    if data.dim() != 2 or data.shape[1] != vae.data_dim:
-        raise ValueError(f"{what} must have shape (N, {vae.data_dim}) (flatten images first); "
-                         f"got {tuple(data.shape)}")
-    if data.shape[0] == 0:
-        raise ValueError(f"{what} is empty")
-    data = data.to(device=device, dtype=next(vae.parameters()).dtype)
-    if not torch.isfinite(data).all():
-        raise ValueError(f"{what} contains NaN or infinite values; drop or impute them first")
-    return data
-
-
-def _check_positive_int(value, what):
-    if isinstance(value, bool) or not isinstance(value, int) or value < 1:
-        raise ValueError(f"{what} must be a positive integer, got {value!r}")
-
-
-def _resolve_device(device, vae):
-    if device is None:
-        return vae.device
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    try:
-        device = torch.device(device)
-    except RuntimeError:
-        raise ValueError(f"device={device!r} is not a device; use 'cpu', 'cuda', 'cuda:N' or 'auto'") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise ValueError("device='cuda' was asked for but CUDA is not available; use device='cpu'")
-    return device
-
-
-# --------------------------------------------------------------------------- fit
-def fit(vae, data, *, epochs=10, batch_size=256, lr=1e-3, objective="trace", num_particles=1,
-        vectorize_particles=True, val_data=None, binarize=False, clip_norm=None, lr_schedule=None,
-        lr_decay=0.99, kl_warmup=0, patience=None, seed=0, device=None, checkpoint=None,
-        resume=False, history_path=None, quiet=False):
-    """Train ``vae`` by minibatch SVI and return the per-epoch history.
-
-    :param VAE vae: the model/guide pair to train (its parameters are updated in place).
-    :param torch.Tensor data: training data, shape ``(N, D)``.
-    :param int epochs: total number of passes over ``data`` (when resuming, the total
-        including the epochs already done).
-    :param int batch_size: minibatch size ``B`` (under torchrun: the global minibatch, shared
-        among the processes).
-    :param float lr: Adam learning rate.
-    :param str objective: ``"trace"``, ``"tracegraph"``, ``"meanfield"`` or ``"iwae"``.
-    :param int num_particles: samples of z per datapoint (``K`` of the IWAE bound).
-    :param bool vectorize_particles: draw the particles in one vectorized pass.
-    :param torch.Tensor val_data: held-out data, shape ``(M, D)``; its ELBO is recorded per epoch.
-    :param bool binarize: dynamic binarization: draw each minibatch as Bernoulli(x) afresh.
-    :param float clip_norm: clip the gradient norm to this value (default: no clipping).
-    :param str lr_schedule: ``None``, ``"cosine"`` (to zero over ``epochs``) or
-        ``"exponential"`` (multiply by ``lr_decay`` each epoch).
-    :param float lr_decay: factor of the exponential schedule.
-    :param int kl_warmup: anneal the KL weight linearly from 0 to ``vae.beta`` over this many
-        epochs (per step).
-    :param int patience: early stopping: stop when the held-out ELBO has not improved for this
-        many epochs, and restore the best weights (needs ``val_data``).
-    :param int seed: seed of every random draw (shuffling, binarization, Monte Carlo samples).
-    :param device: ``None`` (the model's device), ``"auto"``, ``"cpu"``, ``"cuda"``...
-    :param str checkpoint: file to write a checkpoint to after every epoch (atomically).
-    :param bool resume: continue from ``checkpoint`` if it exists.
-    :param str history_path: CSV file the history is written to after every epoch.
-    :param bool quiet: no progress bar (it is also off when stderr is not a terminal).
-    :returns: :class:`pandas.DataFrame` with columns ``epoch, train_elbo, val_elbo, beta, lr,
-        seconds`` (ELBOs in nats per datapoint; ``train_elbo`` is the running average of the
-        training objective over the epoch).
+    :param int step: the step, counted from 1 over the whole run.
+    :param int steps_per_epoch: minibatches per epoch.
+    :param int kl_warmup: epochs over which the weight rises linearly from 0 to ``target``
+        (0: no warm-up, always ``target``).
+    :param float target: the weight after the warm-up (the VAE's ``beta``; 1 for programs).
+    :returns: ``target * min(1, step / (kl_warmup * steps_per_epoch))`` (float).
     """
-    if objective not in OBJECTIVES:
-        raise ValueError(f"unknown objective {objective!r}; choose one of {list(OBJECTIVES)}")
-    if lr_schedule not in LR_SCHEDULES:
-        raise ValueError(f"unknown lr_schedule {lr_schedule!r}; choose one of {list(LR_SCHEDULES)}")
-    for value, what in ((epochs, "epochs"), (batch_size, "batch_size"), (num_particles, "num_particles")):
-        _check_positive_int(value, what)
-    if not lr > 0:
-        raise ValueError(f"lr must be positive, got {lr}")
-    if clip_norm is not None and not clip_norm > 0:
-        raise ValueError(f"clip_norm must be positive or None, got {clip_norm}")
-    if patience is not None:
-        _check_positive_int(patience, "patience")
-        if val_data is None:
-            raise ValueError("early stopping (patience) needs val_data to watch")
-    if resume and checkpoint is None:
-        raise ValueError("resume=True needs a checkpoint path")
-    if not isinstance(kl_warmup, int) or kl_warmup < 0:
-        raise ValueError(f"kl_warmup must be a non-negative integer, got {kl_warmup!r}")
-    if objective == "iwae" and (vae.beta != 1.0 or kl_warmup):
-        raise ValueError("the iwae objective has no separate KL term for beta or kl_warmup to weight; "
-                         "use objective='trace' or 'meanfield' for a beta-VAE or KL annealing")
-
-    # under torchrun: join the process group, one replica per process (see pyro_vae.distributed)
-    replicas = _dist.Replicas.setup(vae, _resolve_device(device, vae))
-    device = replicas.device
-    data = _as_data(data, vae, "data", device)
-    if val_data is not None:
-        val_data = _as_data(val_data, vae, "val_data", device)
-    _check_support(vae, data, binarize, "data")
-    if val_data is not None:
-        vae.likelihood.validate_data(val_data)
-
-    pyro.set_rng_seed(seed)
-    gen = torch.Generator(device=device)
-    gen.manual_seed(seed)
-    params = list(vae.parameters())
-    optimizer = adam(params, lr)
-    scheduler = None
-    if lr_schedule == "cosine":
-        scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=epochs)
-    elif lr_schedule == "exponential":
-        scheduler = torch.optim.lr_scheduler.ExponentialLR(optimizer, gamma=lr_decay)
-    step_fn = _Objective(vae, objective, num_particles, vectorize_particles)
-
-    n = data.shape[0]
-    steps_per_epoch = math.ceil(n / batch_size)
-    target_beta = vae.beta
-    rows = []
-    start_epoch = 0
-    best = {"elbo": -math.inf, "epoch": 0, "state": None}
-
-    ck = replicas.load_checkpoint(checkpoint, device) if resume else None  # read by rank 0
-    if ck is not None:
-        if ck.get("format") != CHECKPOINT_FORMAT:
-            raise ValueError(f"{checkpoint} is not a pyro-vae training checkpoint")
-        vae.load_state_dict(ck["model"])
-        optimizer.load_state_dict(ck["optimizer"])
-        if scheduler is not None and ck.get("scheduler") is not None:
-            scheduler.load_state_dict(ck["scheduler"])
-        torch.set_rng_state(ck["rng"]["torch"].cpu())
-        if device.type == "cuda" and "cuda" in ck["rng"]:
-            torch.cuda.set_rng_state(ck["rng"]["cuda"].cpu(), device)
-        gen.set_state(ck["rng"]["gen"].cpu())
-        rows = [dict(zip(ck["history"]["columns"], r)) for r in ck["history"]["rows"]]
-        start_epoch = int(ck["epoch"])
-        best = {"elbo": float(ck["best"]["elbo"]), "epoch": int(ck["best"]["epoch"]),
-                "state": ck["best"].get("state")}
-        log.info("resuming from %s after epoch %d", checkpoint, start_epoch)
-
-    stopped = patience is not None and start_epoch - best["epoch"] >= patience
-    validate = pyro.infer.util.is_validation_enabled()
-    handlers = contextlib.ExitStack()
-    progress = _progress(range(start_epoch, epochs), quiet or not replicas.is_main)
-    try:
-        # Pyro's validation (when enabled) checks the programs on the first step of the run
-        # only: the data were checked once at the entry, and the checks would cost every step
-        handlers.enter_context(pyro.validation_enabled(False))
-        if objective != "tracegraph":  # TraceGraph_ELBO.loss_and_grads needs the param sites
-            handlers.enter_context(vae._registration_off())  # pyro.module once, not on every step
-        for epoch in progress if not stopped else []:
-            t0 = time.perf_counter()
-            vae.train()
-            perm = torch.randperm(n, generator=gen, device=device)
-            total = 0.0
-            for b in range(steps_per_epoch):
-                idx = perm[b * batch_size:(b + 1) * batch_size]
-                xb = data[idx]
-                if binarize:
-                    xb = torch.bernoulli(xb, generator=gen)
-                if kl_warmup:
-                    step = epoch * steps_per_epoch + b + 1
-                    vae.beta = target_beta * min(1.0, step / (kl_warmup * steps_per_epoch))
-                optimizer.zero_grad(set_to_none=True)
-                first = epoch == start_epoch and b == 0
-                with pyro.validation_enabled(validate) if first else contextlib.nullcontext():
-                    loss = replicas.step(step_fn.step, xb, n, gen, params)  # this process's share of xb
-                if not math.isfinite(loss):
-                    raise FloatingPointError(
-                        f"the loss became {loss} at epoch {epoch + 1}; lower lr, set clip_norm, "
-                        "or check the data and likelihood")
-                if clip_norm is not None:
-                    torch.nn.utils.clip_grad_norm_(params, clip_norm)
-                optimizer.step()
-                total += loss * xb.shape[0]
-            lr_now = optimizer.param_groups[0]["lr"]
-            if scheduler is not None:
-                scheduler.step()
-            vae.eval()
-            val = replicas.from_main(lambda: evaluate_elbo(vae, val_data, objective=objective)) \
-                if val_data is not None else math.nan
-            row = {"epoch": epoch + 1, "train_elbo": -total / n, "val_elbo": val,
-                   "beta": vae.beta, "lr": lr_now, "seconds": time.perf_counter() - t0}
-            rows.append(row)
-            if hasattr(progress, "set_postfix"):
-                progress.set_postfix(train=f"{row['train_elbo']:.2f}", val=f"{val:.2f}")
-            if val_data is not None and val > best["elbo"]:
-                best = {"elbo": val, "epoch": epoch + 1,
-                        "state": {k: v.detach().clone() for k, v in vae.state_dict().items()}
-                        if patience is not None else None}
-            stop = patience is not None and epoch + 1 - best["epoch"] >= patience
-            if checkpoint is not None and replicas.is_main:
-                storage.save_checkpoint(checkpoint, _checkpoint_state(
-                    vae, optimizer, scheduler, gen, device, rows, epoch + 1, best))
-            if history_path is not None and replicas.is_main:
-                storage.write_csv(history_path, _frame(rows))
-            if stop:
-                log.info("early stopping after epoch %d (best epoch %d)", epoch + 1, best["epoch"])
-                break
-    finally:
-        handlers.close()
-        vae.beta = target_beta
-        if hasattr(progress, "close"):
-            progress.close()
-    if patience is not None and best["state"] is not None:
-        vae.load_state_dict(best["state"])
-    vae.eval()
-    return _frame(rows)
+    if not kl_warmup:
+        return float(target)
+    return float(target) * min(1.0, step / (kl_warmup * steps_per_epoch))
 
 
 def adam(params, lr):
@@ -362,6 +107,448 @@ def adam(params, lr):
         return torch.optim.Adam(params, lr=lr)
 
 
+@torch.no_grad()
+def evaluate_elbo(vae, data, batch_size=1000, objective="trace"):
+    """The ELBO (with beta = 1) of a VAE per datapoint, one sample of z per datapoint.
+
+    :param VAE vae: the model.
+    :param torch.Tensor data: data, shape ``(N, D)``, on the model's device.
+    :param int batch_size: datapoints per forward pass.
+    :param str objective: ``"meanfield"`` (analytic KL where available) or any other objective
+        name (Monte Carlo KL).
+    :returns: mean ELBO per datapoint (float).
+    """
+    elbo = TraceMeanField_ELBO() if objective == "meanfield" else Trace_ELBO()
+    beta, vae.beta = vae.beta, 1.0
+    try:
+        total = 0.0
+        for i in range(0, data.shape[0], batch_size):
+            xb = data[i:i + batch_size]
+            total += -elbo.loss(vae.model, vae.guide, xb)
+    finally:
+        vae.beta = beta
+    return total / data.shape[0]
+
+
+# --------------------------------------------------------------------------- the VAE's fast path
+class _VAEPair:
+    """A :class:`VAE` as fit trains it: its parameters directly (``vae.parameters()``), the guide
+    as an effect handler for ``trace`` / ``meanfield`` (one program run per step), the modules
+    registered in Pyro's param store once instead of on every step."""
+
+    kind = "vae"
+
+    def __init__(self, vae, objective, num_particles, vectorize_particles):
+        self.vae = vae
+        self.objective = objective
+        self.num_particles = num_particles
+        self.params = list(vae.parameters())
+        self.kl_target = vae.beta
+        self.has_z = True
+        if objective == "iwae":
+            from pyro_vae.importance import log_weights
+
+            self._log_weights = log_weights
+            return
+        cls = {"trace": Trace_ELBO, "tracegraph": TraceGraph_ELBO, "meanfield": TraceMeanField_ELBO,
+               "enum": TraceEnum_ELBO}[objective]
+        self.elbo = cls(num_particles=num_particles, max_plate_nesting=1,
+                        vectorize_particles=vectorize_particles and num_particles > 1)
+        # trace / meanfield: q(z|x) as an effect handler, one program run per step instead of a
+        # guide run and a model replay (the same ELBO; see vae.AmortizedGuide), unless a
+        # subclass wrote a guide program of its own
+        own_guide = type(vae).guide is not VAE.guide
+        self.guide = vae.guide if objective in ("tracegraph", "enum") or own_guide else AmortizedGuide(vae)
+        self._scaled_for = None
+
+    def named(self):
+        return self.vae.state_dict()
+
+    def set_kl_weight(self, weight):
+        self.vae.beta = weight
+
+    def training(self):
+        stack = contextlib.ExitStack()
+        if self.objective != "tracegraph":  # TraceGraph_ELBO.loss_and_grads needs the param sites
+            stack.enter_context(self.vae._registration_off())  # pyro.module once, not on every step
+        return stack
+
+    def train(self, mode=True):
+        self.vae.train(mode)
+
+    def evaluate(self, val):
+        return evaluate_elbo(self.vae, val[0], objective=self.objective)
+
+    def step(self, batch, num_data):
+        x = batch[0]
+        if self.objective == "iwae":
+            logw = self._log_weights(self.vae.model, self.vae.guide, x, self.num_particles)  # (K, B)
+            bound = torch.logsumexp(logw, 0) - math.log(logw.shape[0])
+            loss = -bound.sum() / x.shape[0]
+            loss.backward()
+            return loss.item()
+        if self.objective != "tracegraph":
+            # the surrogate loss, differentiated here; dividing by num_data after the sum gives
+            # nats per datapoint without extra Pyro handlers
+            loss = self.elbo.differentiable_loss(self.vae.model, self.guide, x, num_data=num_data)
+            loss = loss / num_data
+            loss.backward()
+            return loss.item()
+        if self._scaled_for != num_data:  # model and guide scaled by 1 / num_data, once per size
+            scale = 1.0 / num_data
+            self._scaled = (pyro.poutine.scale(self.vae.model, scale=scale),
+                            pyro.poutine.scale(self.vae.guide, scale=scale))
+            self._scaled_for = num_data
+        return self.elbo.loss_and_grads(*self._scaled, x, num_data=num_data)
+
+
+def _vae_data(data, vae, name, device):
+    data = as_data_tensor(data, name, dim=2, features=vae.data_dim, dtype=next(vae.parameters()).dtype,
+                          device=device)
+    return (data,)
+
+
+# --------------------------------------------------------------------------- the training loop
+class _Trainer:
+    """The state of one run of :func:`fit` and its pieces: :meth:`restore` from a checkpoint,
+    :meth:`run_epoch`, :meth:`checkpoint_state`, and :meth:`run`, which strings them together.
+
+    :param pair: ``_VAEPair`` or :class:`~pyro_vae.program_pair.ProgramPair` (``params``,
+        ``named()``, ``step``, ``evaluate``, ``set_kl_weight``, ``training()``, ``train()``).
+    :param tuple data: training tensors, ``N`` rows each, on ``replicas.device``.
+    :param dict settings: the run's settings (see :func:`fit`).
+    :param Replicas replicas: the processes of the job.
+    """
+
+    def __init__(self, pair, data, settings, replicas, val_data=None):
+        self.pair = pair
+        self.data = data
+        self.val_data = val_data
+        self.settings = settings
+        self.replicas = replicas
+        self.device = replicas.device
+        self.n = data[0].shape[0]
+        self.batch_size = settings["batch_size"]
+        self.steps_per_epoch = math.ceil(self.n / self.batch_size)
+        self.optimizer = adam(pair.params, settings["lr"])
+        schedule = settings["lr_schedule"]
+        self.scheduler = None
+        if schedule == "cosine":
+            self.scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(self.optimizer, T_max=settings["epochs"])
+        elif schedule == "exponential":
+            self.scheduler = torch.optim.lr_scheduler.ExponentialLR(self.optimizer, gamma=settings["lr_decay"])
+        self.gen = torch.Generator(device=self.device)
+        self.gen.manual_seed(settings["seed"])
+        self.rows = []
+        self.epoch = 0  # epochs done
+        self.best = {"elbo": -math.inf, "epoch": 0, "state": None}
+        self._validate = pyro.infer.util.is_validation_enabled()
+
+    # ------------------------------------------------------------------ pieces
+    def restore(self, ck, path):
+        """Continue from a loaded checkpoint (checked by :func:`pyro_vae.checkpoints.restore`)."""
+        self.epoch, self.rows, self.best, state = checkpoints.restore(
+            ck, path, named=self.pair.named(), optimizer=self.optimizer, scheduler=self.scheduler,
+            generator=self.gen, device=self.device, history_columns=HISTORY_COLUMNS,
+            settings=self.settings)
+        if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
+            # more epochs than the run was written for: the decay now ends at the new last epoch
+            self.scheduler.T_max = self.settings["epochs"]
+        store = pyro.get_param_store()
+        for name, value in state.items():
+            store[name] = value.to(self.device)
+        log.info("resuming from %s after epoch %d", path, self.epoch)
+
+    def checkpoint_state(self):
+        """The checkpoint after the epochs done (:func:`pyro_vae.checkpoints.make_checkpoint`).
+
+        Its tensors share memory with the run: write it (or copy it) before training on."""
+        store = pyro.get_param_store()
+        objective_state = {name: store[name].detach() for name in store.keys()
+                           if name.startswith(BASELINE_STATE_PREFIX)}
+        return checkpoints.make_checkpoint(
+            epoch=self.epoch, named=self.pair.named(), optimizer=self.optimizer, scheduler=self.scheduler,
+            generator=self.gen, device=self.device, history_columns=HISTORY_COLUMNS, rows=self.rows,
+            best=self.best, settings=self.settings, objective_state=objective_state)
+
+    def stopped_early(self):
+        """Whether early stopping has ended the run (``patience`` epochs without a better ELBO)."""
+        patience = self.settings["patience"]
+        return patience is not None and self.epoch - self.best["epoch"] >= patience
+
+    def run_epoch(self, validate_first=False):
+        """Train one epoch (one pass over the data in seeded minibatches) and record its row.
+
+        :param bool validate_first: run the first step with Pyro's validation setting as it
+            is (the other steps run without argument checks).
+        :returns: the history row (dict).
+        """
+        t0 = time.perf_counter()
+        s = self.settings
+        pair, gen, optimizer, params = self.pair, self.gen, self.optimizer, self.pair.params
+        pair.train(True)
+        perm = torch.randperm(self.n, generator=gen, device=self.device)
+        total = 0.0
+        beta = pair.kl_target
+        for b in range(self.steps_per_epoch):
+            idx = perm[b * self.batch_size:(b + 1) * self.batch_size]
+            batch = tuple(t[idx] for t in self.data)
+            if s["binarize"]:
+                batch = (torch.bernoulli(batch[0], generator=gen),) + batch[1:]
+            if s["kl_warmup"]:
+                beta = kl_weight(self.epoch * self.steps_per_epoch + b + 1, self.steps_per_epoch,
+                                 s["kl_warmup"], pair.kl_target)
+                pair.set_kl_weight(beta)
+            optimizer.zero_grad(set_to_none=True)
+            first = validate_first and b == 0
+            with contextlib.nullcontext() if not first else pyro.validation_enabled(self._validate):
+                loss = self.replicas.step(pair.step, batch, self.n, gen, params)  # this process's share
+            if not math.isfinite(loss):
+                raise self._diverged("the loss", loss, b + 1)
+            if s["clip_norm"] is not None:
+                torch.nn.utils.clip_grad_norm_(params, s["clip_norm"])
+            optimizer.step()
+            total += loss * batch[0].shape[0]
+        lr_now = optimizer.param_groups[0]["lr"]
+        if self.scheduler is not None:
+            self.scheduler.step()
+        pair.train(False)
+        val = math.nan
+        if self.val_data is not None:
+            val = self.replicas.from_main(lambda: pair.evaluate(self.val_data))
+            if not math.isfinite(val):
+                raise self._diverged("the held-out ELBO", val, None)
+        self.epoch += 1
+        row = {"epoch": self.epoch, "train_elbo": -total / self.n, "val_elbo": val, "beta": beta,
+               "lr": lr_now, "seconds": time.perf_counter() - t0}
+        self.rows.append(row)
+        if self.val_data is not None and val > self.best["elbo"]:
+            state = None
+            if s["patience"] is not None:
+                state = {k: v.detach().clone() for k, v in pair.named().items()}
+            self.best = {"elbo": val, "epoch": self.epoch, "state": state}
+        return row
+
+    def _diverged(self, what, value, step):
+        at = f"epoch {self.epoch + 1}" + (f", step {step}" if step is not None else "")
+        return DivergenceError(
+            f"training diverged: {what} became {value} at {at}; lower lr (now {self.settings['lr']:g}), "
+            "set clip_norm, or check the data, the likelihood and the KL weight")
+
+    def restore_best(self):
+        """Put the tensors of the best epoch back (early stopping)."""
+        if self.best["state"] is None:
+            return
+        with torch.no_grad():
+            for name, t in self.pair.named().items():
+                t.copy_(self.best["state"][name])
+
+    def frame(self):
+        """The history as a :class:`pandas.DataFrame`."""
+        return pd.DataFrame(self.rows, columns=list(HISTORY_COLUMNS))
+
+    # ------------------------------------------------------------------ the loop
+    def run(self, checkpoint=None, history_path=None, quiet=False):
+        """Train up to ``settings["epochs"]`` epochs (or until early stopping), writing the
+        checkpoint and the history after every epoch (rank 0)."""
+        start = self.epoch
+        progress = _progress(range(start, self.settings["epochs"]), quiet or not self.replicas.is_main)
+        main = self.replicas.is_main
+        try:
+            # Pyro's validation (when enabled) checks the programs on the first step of the run
+            # only: the data were checked once at the entry, and the checks would cost every step
+            with pyro.validation_enabled(False), self.pair.training():
+                for _ in progress if not self.stopped_early() else []:
+                    row = self.run_epoch(validate_first=self.epoch == start)
+                    if hasattr(progress, "set_postfix"):
+                        progress.set_postfix(train=f"{row['train_elbo']:.2f}", val=f"{row['val_elbo']:.2f}")
+                    if checkpoint is not None and main:
+                        checkpoints.write_checkpoint(checkpoint, self.checkpoint_state())
+                    if history_path is not None and main:
+                        storage.write_csv(history_path, self.frame())
+                    if self.stopped_early():
+                        log.info("early stopping after epoch %d (best epoch %d)", self.epoch, self.best["epoch"])
+                        break
+        finally:
+            self.pair.set_kl_weight(self.pair.kl_target)
+            if hasattr(progress, "close"):
+                progress.close()
+        self.restore_best()
+        self.pair.train(False)
+        return self.frame()
+
+
+# --------------------------------------------------------------------------- fit
+def fit(model, guide=None, data=None, *, epochs=10, batch_size=256, lr=1e-3, objective="trace",
+        num_particles=1, vectorize_particles=True, max_plate_nesting=None, val_data=None,
+        binarize=False, clip_norm=None, lr_schedule=None, lr_decay=0.99, kl_warmup=0, patience=None,
+        seed=0, device=None, checkpoint=None, resume=False, history_path=None, quiet=False):
+    """Train by minibatch SVI and return the per-epoch history.
+
+    Two forms:
+
+    * ``fit(vae, data, ...)``: a :class:`~pyro_vae.VAE` (its parameters are updated in place);
+    * ``fit(model, guide, data, ...)``: any pair of Pyro programs following the data-plate
+      convention (:mod:`pyro_vae.program_pair`). ``data`` is a tensor, or a tuple of tensors
+      with the same number of rows ``N`` (e.g. ``(x, y)`` for a conditional model): each
+      minibatch is passed as the positional arguments ``model(x_b, y_b)``, plus
+      ``num_data=N`` when the model has a ``num_data`` parameter. The trained parameters are
+      every ``pyro.param``, ``pyro.module`` and ``PyroModule`` parameter the programs use on a
+      first run (found in Pyro's param store, moved to the training device); they stay there,
+      trained, afterwards.
+
+    :param model: a :class:`~pyro_vae.VAE`, or a Pyro model.
+    :param guide: the Pyro guide (``fit(model, guide, data)``); for a VAE, the data.
+    :param data: training data: tensor or numpy array ``(N, ...)``, or a tuple of them.
+    :param int epochs: total number of passes over ``data`` (when resuming, the total
+        including the epochs already done).
+    :param int batch_size: minibatch size ``B`` (under torchrun: the global minibatch, shared
+        among the processes).
+    :param float lr: Adam learning rate.
+    :param str objective: ``"trace"``, ``"tracegraph"``, ``"meanfield"``, ``"enum"`` or ``"iwae"``.
+    :param int num_particles: samples of the latents per datapoint (``K`` of the IWAE bound).
+    :param bool vectorize_particles: draw the particles in one vectorized pass.
+    :param int max_plate_nesting: plate dimensions the programs use (default: found on the
+        first run; always 1 for a VAE).
+    :param val_data: held-out data, same structure as ``data``; its ELBO is recorded per epoch.
+    :param bool binarize: dynamic binarization: draw each minibatch of the (first) data tensor
+        as Bernoulli(x) afresh.
+    :param float clip_norm: clip the gradient norm to this value (default: no clipping).
+    :param str lr_schedule: ``None``, ``"cosine"`` (to zero over ``epochs``) or
+        ``"exponential"`` (multiply by ``lr_decay`` each epoch).
+    :param float lr_decay: factor of the exponential schedule, in (0, 1].
+    :param int kl_warmup: anneal the KL weight linearly from 0 to its target (the VAE's
+        ``beta``; 1 for programs) over this many epochs (per step); it scales the sites named
+        ``"z"`` of model and guide.
+    :param int patience: early stopping: stop when the held-out ELBO has not improved for this
+        many epochs, and restore the best parameters (needs ``val_data``).
+    :param int seed: seed of every random draw (initial values created on the first run,
+        shuffling, binarization, Monte Carlo samples).
+    :param device: ``None`` (the VAE's device; for programs, where the data are), ``"auto"``,
+        ``"cpu"``, ``"cuda"``...
+    :param str checkpoint: file to write a checkpoint to after every epoch (atomically).
+    :param bool resume: continue from ``checkpoint`` if it exists; it must have been written
+        by a run with the same settings (only ``epochs`` may differ).
+    :param str history_path: CSV file the history is written to after every epoch.
+    :param bool quiet: no progress bar (it is also off when stderr is not a terminal).
+    :returns: :class:`pandas.DataFrame` with columns ``epoch, train_elbo, val_elbo, beta, lr,
+        seconds`` (ELBOs in nats per datapoint; ``train_elbo`` is the running average of the
+        training objective over the epoch, ``beta`` the KL weight at its last step).
+    :raises DivergenceError: the loss became NaN or infinite.
+    """
+    is_vae = isinstance(model, VAE)
+    if is_vae:
+        if data is None and guide is not None and not callable(guide):
+            guide, data = None, guide
+        if guide is not None:
+            raise ValueError("fit(vae, data) trains the VAE with its own guide; to train its model with "
+                             "another guide call fit(vae.model, guide, data)")
+    else:
+        if not callable(model):
+            raise TypeError(f"fit(model, guide, data) needs a Pyro model or a pyro_vae.VAE as first "
+                            f"argument, got {type(model).__name__}")
+        if guide is None or not callable(guide):
+            raise TypeError(f"fit(model, guide, data) needs a guide program as second argument, got "
+                            f"{type(guide).__name__}; the short form fit(vae, data) is for a pyro_vae.VAE")
+    if data is None:
+        raise TypeError("fit needs training data: fit(vae, data) or fit(model, guide, data)")
+    settings = _settings(locals(), is_vae)
+    if val_data is None and patience is not None:
+        raise ValueError("early stopping (patience) needs val_data to watch")
+    if resume and checkpoint is None:
+        raise ValueError("resume=True needs a checkpoint path")
+    for value, name in ((checkpoint, "checkpoint"), (history_path, "history_path")):
+        if value is not None and not isinstance(value, (str, os.PathLike)):
+            raise TypeError(f"{name} must be a file path, got {type(value).__name__}")
+    if is_vae:
+        check_float(model.beta, "the VAE's beta", minimum=0.0)
+        if objective == "iwae" and model.beta != 1.0:
+            raise ValueError("the iwae objective has no separate KL term for beta to weight; "
+                             "use objective='trace' or 'meanfield' for a beta-VAE")
+    if objective == "iwae" and kl_warmup:
+        raise ValueError("the iwae objective has no separate KL term for kl_warmup to weight; "
+                         "use objective='trace' or 'meanfield' for KL annealing")
+
+    # under torchrun: join the process group, one replica per process (see pyro_vae.data_parallel)
+    device = resolve_device(device, default=None)
+    if device is None:
+        device = model.device if is_vae else _data_device(data)
+    replicas = Replicas.setup(device)
+    device = replicas.device
+    pyro.set_rng_seed(seed)
+    if is_vae:
+        model.to(device)
+        replicas.replicate(list(model.parameters()) + list(model.buffers()))
+        data = _vae_data(data, model, "data", device)
+        if val_data is not None:
+            val_data = _vae_data(val_data, model, "val_data", device)
+        _check_support(model, data[0], binarize, "data")
+        if val_data is not None:
+            model.likelihood.validate_data(val_data[0])
+        pair = _VAEPair(model, objective, num_particles, vectorize_particles)
+    else:
+        data = program_data(data, "data", device)
+        if val_data is not None:
+            val_data = program_data(val_data, "val_data", device, like=data)
+        if binarize and (data[0].min() < 0 or data[0].max() > 1):
+            raise ValueError("dynamic binarization needs data in [0, 1]; scale it first (pixel values: "
+                             "divide by 255)")
+        pair = ProgramPair(model, guide, objective, num_particles, vectorize_particles, max_plate_nesting)
+        first = tuple(t[:settings["batch_size"]] for t in data)
+        pair.setup(first, data[0].shape[0], device, kl_warmup=kl_warmup)
+        replicas.replicate(pair.params)
+    replicas.seed_global_rng(seed, 0)
+    settings["num_data"] = int(data[0].shape[0])
+
+    trainer = _Trainer(pair, data, settings, replicas, val_data=val_data)
+    if objective == "tracegraph":  # the decaying-average baselines start afresh
+        store = pyro.get_param_store()
+        for name in [k for k in store.keys() if k.startswith(BASELINE_STATE_PREFIX)]:
+            del store[name]
+    ck = replicas.load_checkpoint(checkpoint, device) if resume else None  # read by rank 0
+    if ck is not None:
+        trainer.restore(ck, os.fspath(checkpoint))
+        replicas.seed_global_rng(seed, trainer.epoch)
+    return trainer.run(checkpoint=checkpoint, history_path=history_path, quiet=check_bool(quiet, "quiet"))
+
+
+def _settings(args, is_vae):
+    """The checked settings of a call of fit (what a checkpoint must agree with)."""
+    schedule = args["lr_schedule"]
+    check_choice(schedule, "lr_schedule", LR_SCHEDULES)
+    num_particles = check_positive_int(args["num_particles"], "num_particles")
+    patience = args["patience"]
+    clip_norm = args["clip_norm"]
+    mpn = args["max_plate_nesting"]
+    settings = {
+        "kind": "vae" if is_vae else "programs",
+        "objective": check_choice(args["objective"], "objective", OBJECTIVES),
+        "epochs": check_positive_int(args["epochs"], "epochs"),
+        "batch_size": check_positive_int(args["batch_size"], "batch_size"),
+        "lr": check_positive_float(args["lr"], "lr"),
+        "num_particles": num_particles,
+        "vectorize_particles": check_bool(args["vectorize_particles"], "vectorize_particles") and num_particles > 1,
+        "max_plate_nesting": None if mpn is None else check_positive_int(mpn, "max_plate_nesting"),
+        "binarize": check_bool(args["binarize"], "binarize"),
+        "clip_norm": None if clip_norm is None else check_positive_float(clip_norm, "clip_norm"),
+        "lr_schedule": schedule,
+        "lr_decay": (check_float(args["lr_decay"], "lr_decay", minimum=0.0, maximum=1.0, strict_minimum=True)
+                     if schedule == "exponential" else None),
+        "kl_warmup": check_int(args["kl_warmup"], "kl_warmup", minimum=0),
+        "patience": None if patience is None else check_positive_int(patience, "patience"),
+        "seed": check_seed(args["seed"], allow_none=False),
+    }
+    check_bool(args["resume"], "resume")
+    if is_vae and mpn is not None and mpn != 1:
+        raise ValueError("a VAE has one plate (max_plate_nesting=1); leave max_plate_nesting out")
+    return settings
+
+
+def _data_device(data):
+    first = data[0] if isinstance(data, (tuple, list)) and data else data
+    return first.device if isinstance(first, torch.Tensor) else torch.device("cpu")
+
+
 def _check_support(vae, data, binarize, what):
     if binarize:
         if data.min() < 0 or data.max() > 1:
@@ -369,27 +556,6 @@ def _check_support(vae, data, binarize, what):
                              "(pixel values: divide by 255)")
         return
     vae.likelihood.validate_data(data)
-
-
-def _frame(rows):
-    return pd.DataFrame(rows, columns=list(HISTORY_COLUMNS))
-
-
-def _checkpoint_state(vae, optimizer, scheduler, gen, device, rows, epoch, best):
-    rng = {"torch": torch.get_rng_state(), "gen": gen.get_state()}
-    if device.type == "cuda":
-        rng["cuda"] = torch.cuda.get_rng_state(device)
-    return {
-        "format": CHECKPOINT_FORMAT,
-        "epoch": epoch,
-        "model": vae.state_dict(),
-        "optimizer": optimizer.state_dict(),
-        "scheduler": scheduler.state_dict() if scheduler is not None else None,
-        "rng": rng,
-        "history": {"columns": list(HISTORY_COLUMNS),
-                    "rows": [[r[c] for c in HISTORY_COLUMNS] for r in rows]},
-        "best": best,
-    }
 
 
 def _progress(iterable, quiet):

@@ -58,6 +58,36 @@ def _problem_b(checkpoint=None, epochs=2, model_seed=0, resume=False):
     return vae, h
 
 
+def _problem_c():
+    """A user's program pair written as Pyro's tutorial writes it (pyro.module, a plate over the
+    minibatch, which fit scales by N / B), with a pyro.param scale: N = 90, global batch 32 ->
+    shares 16/16 and a last batch of 26 -> 13/13, KL warm-up on the "z" sites."""
+    from torch import nn
+    from torch.nn import functional as F
+    from pyro.distributions import constraints
+
+    pyro.clear_param_store()
+    torch.manual_seed(0)
+    enc, dec = nn.Linear(12, 4).double(), nn.Linear(2, 12).double()
+
+    def model(x):
+        pyro.module("dec", dec)
+        s = pyro.param("s", torch.tensor(1.0, dtype=torch.float64), constraint=constraints.positive)
+        with pyro.plate("data", x.shape[0]):
+            z = pyro.sample("z", dist.Normal(x.new_zeros(x.shape[0], 2), 1.0).to_event(1))
+            pyro.sample("x", dist.Normal(dec(z), s).to_event(1), obs=x)
+
+    def guide(x):
+        pyro.module("enc", enc)
+        with pyro.plate("data", x.shape[0]):
+            loc, raw = enc(x).chunk(2, -1)
+            pyro.sample("z", dist.Normal(loc, F.softplus(raw) + 1e-3).to_event(1))
+
+    x = _binary_data(90, seed=3)
+    h = fit(model, guide, x, epochs=2, batch_size=32, seed=6, lr=1e-2, val_data=x[:20], kl_warmup=1, quiet=True)
+    return {k: v.detach().clone() for k, v in pyro.get_param_store().named_parameters()}, h
+
+
 def _mixture_rows(n=1000, d=3):
     """Three overlapping clusters for the mixture fits; rank 0 holds the first 700 rows."""
     g = torch.Generator().manual_seed(4)
@@ -115,109 +145,14 @@ def _max_diff(a, b):
 
 
 # --------------------------------------------------------------------------- in-process checks
-def test_shares_follow_distributed_sampler():
-    # the shares of W processes over the global batches of one epoch are the indices that
-    # torch's DistributedSampler assigns to each rank (when W divides the batch size)
-    from torch.utils.data import DistributedSampler
-
-    n, batch, world = 48, 8, 2
-    perm = torch.randperm(n, generator=torch.Generator().manual_seed(3))
-    for rank in range(world):
-        mine = []
-        for b in range(0, n, batch):
-            rows = D.share_rows(min(batch, n - b), rank, world)
-            mine += perm[b:b + batch][rows].tolist()
-        sampler = DistributedSampler(perm.tolist(), num_replicas=world, rank=rank, shuffle=False)
-        assert mine == [perm[i].item() for i in sampler]
-    # uneven batch: every position is taken exactly once, sizes differ by at most one
-    shares = [D.share_rows(7, r, 3).tolist() for r in range(3)]
-    assert sorted(sum(shares, [])) == list(range(7)) and [len(s) for s in shares] == [3, 2, 2]
-    assert D.share_rows(1, 1, 2).numel() == 0
-
-
-def _guide(loc, scale):
-    with pyro.plate("data", loc.shape[0]):
-        return pyro.sample("z", dist.Normal(loc, scale).to_event(1))
-
-
-def test_shared_noise_gives_each_share_its_rows_of_the_global_draw():
-    loc = torch.randn(5, 3)
-    scale = torch.rand(5, 3) + 0.5
-    with D.SharedNoise(torch.Generator().manual_seed(1), None, 5):
-        full = _guide(loc, scale)
-    eps = torch.randn(5, 3, generator=torch.Generator().manual_seed(1))
-    assert torch.equal(full, loc + eps * scale)
-    for rank in range(2):
-        rows = D.share_rows(5, rank, 2)
-        with D.SharedNoise(torch.Generator().manual_seed(1), rows, 5):
-            part = _guide(loc[rows], scale[rows])
-        assert torch.equal(part, full[rows])
-    # a vectorized particle plate outside the data plate: rows are taken along the data dim
-    rows = D.share_rows(5, 1, 2)
-    with D.SharedNoise(torch.Generator().manual_seed(2), rows, 5):
-        with pyro.plate("particles", 4, dim=-2):
-            part = _guide(loc[rows], scale[rows])
-    eps = torch.randn(4, 5, 3, generator=torch.Generator().manual_seed(2))
-    assert torch.equal(part, loc[rows] + eps[:, rows] * scale[rows])
-    # the draw stays reparameterized
-    loc.requires_grad_(True)
-    with D.SharedNoise(torch.Generator().manual_seed(1), None, 5):
-        _guide(loc, scale).sum().backward()
-    assert torch.equal(loc.grad, torch.ones_like(loc))
-
-
-def test_sites_outside_the_data_plate_or_not_normal_are_left_to_pyro():
-    gen = torch.Generator().manual_seed(0)
-    before = gen.get_state()
-    with D.SharedNoise(gen, None, 4):
-        pyro.set_rng_seed(3)
-        a = pyro.sample("a", dist.Normal(torch.zeros(4), 1.0).to_event(1))   # no data plate
-        with pyro.plate("data", 4):
-            b = pyro.sample("b", dist.Gamma(torch.ones(4), 1.0))            # not a Normal
-    pyro.set_rng_seed(3)
-    assert torch.equal(a, dist.Normal(torch.zeros(4), 1.0).sample())
-    assert torch.equal(b, dist.Gamma(torch.ones(4), 1.0).sample())
-    assert torch.equal(gen.get_state(), before)
-
-
-def test_share_gradients_weighted_by_share_size_give_the_global_batch_gradient():
-    # what the all-reduce computes, done in one process: rank r's per-point-mean gradient on
-    # its share, weighted by |share| / B and summed, equals the global-batch gradient
-    from pyro_vae.training import _Objective
-
-    x = (_binary_data(7) > 0.5).double()
-    vae = VAE(12, 2, hidden=(6,), prior="learned_normal", seed=0).double()
-    step = _Objective(vae, "trace", 1, True).step
-    params = list(vae.parameters())
-
-    def grads(rows):
-        vae.zero_grad(set_to_none=True)
-        with D.SharedNoise(torch.Generator().manual_seed(4), rows, 7):
-            loss = step(x if rows is None else x[rows], 50)
-        return loss, [p.grad.clone() for p in params]
-
-    loss, full = grads(None)
-    total_loss, total = 0.0, [torch.zeros_like(p) for p in params]
-    for rank in range(3):
-        rows = D.share_rows(7, rank, 3)
-        part_loss, part = grads(rows)
-        w = len(rows) / 7
-        total_loss += w * part_loss
-        total = [t + w * g for t, g in zip(total, part)]
-    assert abs(total_loss - loss) < 1e-12
-    for a, b in zip(total, full):
-        torch.testing.assert_close(a, b, rtol=1e-10, atol=1e-12)
-
-
 def test_single_process_needs_no_process_group(monkeypatch):
     for k in ("WORLD_SIZE", "RANK", "LOCAL_RANK"):
         monkeypatch.delenv(k, raising=False)
     assert not D.launched_by_torchrun() and D.get_rank() == 0 and D.get_world_size() == 1
     assert D.is_main_process()
     assert D.init_process_group("cpu") is False and not D.is_initialized()
-    rep = D.Replicas.setup(torch.nn.Linear(2, 2), torch.device("cpu"))
-    assert (rep.rank, rep.world_size, rep.is_main) == (0, 1, True)
-    assert rep.from_main(lambda: 1.5) == 1.5
+    assert D.broadcast_object({"a": 1}) == {"a": 1}
+    D.shutdown()  # no group was created here: nothing to destroy
     t = torch.ones(3)
     assert D.all_reduce_sum(t) is t and torch.equal(t, torch.ones(3))
 
@@ -301,6 +236,16 @@ def test_fit_under_torchrun_equals_single_process_fit(tmp_path):
 
     for r in (r0, r1):
         assert "different training data" in r["mismatch"] and "same data" in r["mismatch"]
+        if r["threads_before"] is not None:  # Linux: gloo's threads are gone after shutdown()
+            assert any("gloo" in t for t in r["threads_before"]), r["threads_before"]
+            assert not any("gloo" in t for t in r["threads_after"]), r["threads_after"]
+
+    # problem C (a user's program pair): the same parameters as one process
+    params_c, h_c = _problem_c()
+    assert sorted(params_c) == ["dec$$$bias", "dec$$$weight", "enc$$$bias", "enc$$$weight", "s"]
+    assert _max_diff(r0["c_params"], params_c) < 1e-6
+    assert _max_diff(r1["c_params"], r0["c_params"]) == 0
+    torch.testing.assert_close(r0["c_history"], _history_values(h_c), rtol=0, atol=1e-6)
 
     # only rank 0 wrote, each file once per epoch
     assert r1["writes"] == []
@@ -434,6 +379,20 @@ def _record_steps():
     return steps
 
 
+def _thread_names():
+    tasks = f"/proc/{os.getpid()}/task"
+    if not os.path.isdir(tasks):
+        return None
+    names = []
+    for tid in os.listdir(tasks):
+        try:
+            with open(os.path.join(tasks, tid, "comm")) as f:
+                names.append(f.read().strip())
+        except OSError:  # the thread ended meanwhile
+            pass
+    return sorted(names)
+
+
 def _worker(scenario, out_dir, argv):
     rank = int(os.environ["RANK"])
     out = os.path.join(out_dir, "out")
@@ -447,10 +406,17 @@ def _worker(scenario, out_dir, argv):
         steps.clear()
         vae, h = _problem_b(checkpoint=ck, epochs=2, model_seed=100 + rank, resume=True)
         result.update(b_state=vae.state_dict(), b_history=_history_values(h), b_steps=list(steps))
+        params_c, h_c = _problem_c()
+        result.update(c_params=params_c, c_history=_history_values(h_c))
         try:  # the processes are given different data: every one of them refuses
             fit(VAE(12, 2, hidden=(4,), seed=0), (_binary_data(40 + rank) > 0.5).float(), epochs=1, quiet=True)
         except ValueError as e:
             result["mismatch"] = str(e)
+        # what runs at exit: the group is destroyed with gloo's threads, none is left to the
+        # interpreter's finalization (where a live gloo thread can abort the process)
+        result["threads_before"] = _thread_names()
+        D.shutdown()
+        result["threads_after"] = _thread_names()
     elif scenario in ("cli", "cli-crash"):
         from pyro_vae import storage
         from pyro_vae.cli import main

@@ -465,7 +465,7 @@ def test_iwae_training_objective_agrees_with_estimator():
     initial weights. fit draws its Monte Carlo noise from its own generator (after shuffling);
     given the same noise, log_weights (without a seed: Pyro's draws, under the caller's
     handlers) gives the same bound."""
-    from pyro_vae.distributed import SharedNoise
+    from pyro_vae.data_parallel import SharedNoise
     from pyro_vae.training import fit
     from pyro_vae.vae import VAE
 
