@@ -17,8 +17,8 @@ of the same code, so that both draw the same numbers:
   DistributedDataParallel computes; with unequal shares (last batch) it is still exactly the
   gradient of the global-batch mean. Every replica then takes the same optimizer step, so the
   parameters stay identical on all processes;
-* **Monte Carlo noise** (:class:`SharedNoise`): the reparameterized draws of Normal,
-  multivariate Normal and transformed-Normal sample sites inside the ``"data"`` plate (and
+* **Monte Carlo noise** (:class:`SharedNoise`): the reparameterized draws of Gaussian and
+  transformed-Gaussian sample sites inside the ``"data"`` plate (and
   dynamic binarization) are drawn for the whole global batch from the training generator on
   every process, and each process uses the rows of its share. These draws therefore do not
   depend on the number of processes: a run on ``W`` processes computes, step by step, the same
@@ -49,6 +49,7 @@ from pyro.poutine.util import site_is_subsample
 
 from pyro_vae import distributed as dist
 from pyro_vae import storage
+from pyro_vae.distributions import noise_spec, sample_from_noise
 
 __all__ = ["share_rows", "SharedNoise", "Replicas"]
 
@@ -73,15 +74,15 @@ def share_rows(batch_size, rank, world_size, device=None):
 class SharedNoise(Messenger):
     """Effect handler: draw the Monte Carlo noise of a minibatch share as rows of the global batch.
 
-    At every latent sample site inside the ``"data"`` plate whose distribution is a Normal or a
-    MultivariateNormal (possibly wrapped in ``Independent``, broadcast over particles, or the
-    base of a ``TransformedDistribution`` whose transforms keep its shape), the standard-normal
-    noise is drawn with ``generator`` for the *global* minibatch of ``global_size`` datapoints,
-    and the rows ``rows`` of this process are kept: ``value = loc + scale * eps[rows]`` (then the
-    transforms, if any). The value is a reparameterized sample exactly as the distribution's own
-    ``rsample``; only where the noise comes from changes, so that every process (and a
-    single-process run) sees the same draw for the same datapoint of the same step. Other sites
-    are sampled by Pyro as usual.
+    At every reparameterizable latent sample site inside the ``"data"`` plate whose draws
+    :func:`pyro_vae.distributions.sample_from_noise` writes as a function of standard-normal
+    noise (Normal, ``to_event``, MultivariateNormal, flows and other transformed Gaussians, the
+    package's own per-datapoint families; possibly broadcast over particles), the noise is drawn
+    with ``generator`` for the *global* minibatch of ``global_size`` datapoints, and the rows
+    ``rows`` of this process are kept. The value is a reparameterized sample exactly as the
+    distribution's own ``rsample``; only where the noise comes from changes, so that every
+    process (and a single-process run) sees the same draw for the same datapoint of the same
+    step. Other sites are sampled by Pyro as usual.
 
     :param torch.Generator generator: source of the noise (advanced identically on every process).
     :param torch.Tensor rows: positions of this process's datapoints in the global batch
@@ -105,45 +106,23 @@ class SharedNoise(Messenger):
         if frame is None or frame.dim is None:
             return
         fn = msg["fn"]
-        shape = tuple(fn.shape())
-        pos = frame.dim - len(fn.event_shape)  # the data dimension, counted from the right
-        if -pos > len(shape) or shape[pos] != self.local_size or not _shareable(fn, shape):
+        if not fn.has_rsample:
             return
-        msg["value"] = self._draw(fn, shape, pos)
+        spec = noise_spec(fn)  # batch shape + the noise of one draw
+        if spec is None:
+            return
+        pos = frame.dim - (len(spec.shape) - len(fn.batch_shape))  # the data dimension, from the right
+        if -pos > len(spec.shape) or spec.shape[pos] != self.local_size:
+            return
+        msg["value"] = sample_from_noise(fn, self._noise(spec, pos))
 
-    def _draw(self, fn, shape, pos):
-        while isinstance(fn, torch.distributions.Independent):
-            fn = fn.base_dist
-        if isinstance(fn, torch.distributions.TransformedDistribution):
-            value = self._draw(fn.base_dist, shape, pos)
-            for transform in fn.transforms:
-                value = transform(value)
-            return value
-        loc = fn.loc
-        eps = self._noise(shape, pos, loc)
-        if isinstance(fn, torch.distributions.MultivariateNormal):
-            return loc + (fn.scale_tril @ eps.unsqueeze(-1)).squeeze(-1)
-        return loc + eps * fn.scale
-
-    def _noise(self, shape, pos, like):
-        full = list(shape)
+    def _noise(self, spec, pos):
+        full = list(spec.shape)
         full[pos] = self.global_size
-        eps = torch.randn(full, generator=self.generator, dtype=like.dtype, device=like.device)
+        eps = torch.randn(full, generator=self.generator, dtype=spec.dtype, device=spec.device)
         if self.rows is not None:
-            eps = eps.index_select(pos % len(shape), self.rows)
+            eps = eps.index_select(pos % len(full), self.rows)
         return eps
-
-
-def _shareable(fn, shape):
-    """Whether :class:`SharedNoise` can draw a value of ``fn`` (of shape ``shape``) row by row."""
-    while isinstance(fn, torch.distributions.Independent):
-        fn = fn.base_dist
-    if isinstance(fn, torch.distributions.TransformedDistribution):
-        base = fn.base_dist
-        return tuple(base.shape()) == tuple(shape) and _shareable(base, shape)
-    if isinstance(fn, torch.distributions.MultivariateNormal):
-        return fn.has_rsample
-    return isinstance(fn, torch.distributions.Normal)
 
 
 class Replicas:
