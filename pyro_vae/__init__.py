@@ -14,7 +14,7 @@ from pyro_vae.vae import VAE  # noqa: E402
 from pyro_vae.training import fit  # noqa: E402
 from pyro_vae.importance import log_likelihood  # noqa: E402
 from pyro_vae.gaps import inference_gaps  # noqa: E402
-from pyro_vae.em import GaussianMixture  # noqa: E402
+from pyro_vae.mixture import GaussianMixture  # noqa: E402
 from pyro_vae.compare import compare_vae_em  # noqa: E402
 
 __all__ = ["VAE", "fit", "log_likelihood", "inference_gaps", "GaussianMixture", "compare_vae_em",
