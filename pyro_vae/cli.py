@@ -264,6 +264,7 @@ def _cmd_em(args):
     from pyro_vae import storage
     from pyro_vae.data import CsvChunks, load_data
     from pyro_vae.mixture import ConvergenceWarning, GaussianMixture
+    from pyro_vae.mixture.sources import first_rows
 
     for value, flag, low in ((args.components, "--components", 1), (args.n_init, "--n-init", 1),
                              (args.max_iter, "--max-iter", 0), (args.seed, "--seed", 0)):
@@ -321,7 +322,7 @@ def _cmd_em(args):
     if d == 2:
         from pyro_vae.plots import plot_mixture_2d
 
-        shown = data[:_PLOTTED_ROWS] if args.chunk_rows is None else _first_rows(data, _PLOTTED_ROWS)
+        shown = data[:_PLOTTED_ROWS] if args.chunk_rows is None else first_rows(data, _PLOTTED_ROWS)
         files.append(os.path.join(args.out, "mixture.png"))
         storage.save_figure(plot_mixture_2d(shown.cpu(), gm), files[2])
 
@@ -342,19 +343,6 @@ def _cmd_em(args):
 
 # the mixture plot of `pyro-vae em` shows the first rows of the data
 _PLOTTED_ROWS = 20_000
-
-
-def _first_rows(chunks, rows):
-    """The first ``rows`` rows of data in chunks, as one tensor."""
-    import torch
-
-    parts, n = [], 0
-    for block in chunks:
-        parts.append(block[:rows - n])
-        n += parts[-1].shape[0]
-        if n >= rows:
-            break
-    return torch.cat(parts)
 
 
 # ---------------------------------------------------------------------------------------

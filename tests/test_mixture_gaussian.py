@@ -109,7 +109,7 @@ def test_centered_scatter_and_gram_moments_equal_explicit_sums(kind):
     torch.testing.assert_close(scatter, want, rtol=1e-12, atol=1e-12)
     # the gram statistics: counts, sums and the scatter about the weighted means
     features = G.gram_features(x, kind, torch.empty(80, G.n_gram_features(kind, 3), dtype=F64))
-    nk, sums, scatter = G.moments_from_gram(features.T @ resp, kind, 3)
+    nk, sums, scatter = G.moments_from_gram(resp.T @ features, kind, 3)
     torch.testing.assert_close(nk, resp.sum(0), rtol=1e-13, atol=0)
     torch.testing.assert_close(sums, resp.T @ x, rtol=1e-13, atol=1e-13)
     naive = _naive_scatter(x, resp, sums / G.effective_counts(nk)[:, None])

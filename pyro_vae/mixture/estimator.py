@@ -281,6 +281,7 @@ class GaussianMixture:
         return s
 
     def _seed(self):
+        """The seed of this fit's random draws, from ``random_state``."""
         rs = self.random_state
         if rs is None:
             return int(torch.randint(0, 2**62, (1,)).item())
@@ -288,7 +289,10 @@ class GaussianMixture:
             return int(rs.randint(0, 2**31 - 1))
         if isinstance(rs, np.random.Generator):
             return int(rs.integers(0, 2**62))
-        return check_seed(rs, "random_state")
+        if isinstance(rs, (bool, np.bool_)) or not isinstance(rs, numbers.Integral):
+            raise TypeError(f"random_state must be an integer, a numpy RandomState or Generator, or "
+                            f"None, got {rs!r} ({type(rs).__name__})")
+        return check_int(rs, "random_state", minimum=0, maximum=2**63 - 1)
 
     # ------------------------------------------------------------------ fitting
     def fit(self, X, y=None):
@@ -308,10 +312,10 @@ class GaussianMixture:
         summed over processes with ``all_reduce``: the fit is that of the union of all parts and
         is identical on every process.
 
-        Data-dependent initializations use all rows of data in memory; of chunked or distributed
-        data, the first ``100,000`` rows that rank 0 sees (all rows when there are fewer), and
-        rank 0 sends the initial parameters to the other processes. Given ``weights_init``,
-        ``means_init`` and ``precisions_init`` need no data.
+        Data-dependent initializations read the rows of rank 0 (of the only process, without
+        torch.distributed): all of them for data in memory, the first ``100,000`` for data in
+        chunks (all when there are fewer); rank 0 sends the initial parameters to the other
+        processes. Given ``weights_init``, ``means_init`` and ``precisions_init`` need no data.
 
         :param X: data, shape ``(N, d)``, or chunks of such arrays as described above.
         :param y: ignored (scikit-learn convention).

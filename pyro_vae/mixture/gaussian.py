@@ -15,8 +15,8 @@ scatter matrices exist:
 * **gram** -- from the second moments of the data: the quadratic form is a dot product of the
   features ``[vech(x x^T), x, 1]`` (``[x^2, x, 1]`` for diagonal types, :func:`gram_features`)
   with coefficients built from ``P_k`` and ``mu_k`` (:func:`gram_log_prob_coefficients`), so the
-  E step is one matrix product ``(N, F) x (F, K)`` and the M step statistics are one more,
-  ``features^T resp`` (:func:`moments_from_gram`). Rounding is larger: about
+  E step is one matrix product ``(K, F) x (F, N)`` and the M step statistics are one more,
+  ``resp^T features`` (:func:`moments_from_gram`). Rounding is larger: about
   :func:`gram_error` nats on the Mahalanobis terms, the cancellation of the expanded form.
 
 A covariance is *collapsed* when it is not positive definite at the precision of the
@@ -359,24 +359,27 @@ def weighted_log_prob_centered(X, params, covariance_type, rows=None):
     return out.mul_(-0.5).add_(const)
 
 
-def normalize_(wlp, out):
+def normalize_(wlp, out, dim=1):
     """Log-sum-exp over components and the normalized exponentials (the E step).
 
-    ``wlp`` (``(c, K)``, finite row maxima) is overwritten; ``out`` (may be ``wlp``) receives
+    ``wlp`` (finite maxima along ``dim``) is overwritten; ``out`` (may be ``wlp``) receives
     ``exp(wlp - logsumexp(wlp))``. Ratios ``exp(wlp - max)`` below ``sqrt(tiny)`` (about 1e-154
     in float64) are set to exactly zero: a change far below rounding that keeps subnormal
     numbers, which make the exponential and the M step products very slow on CPUs, out of the
     computation (and lets a component that collapses onto a few points reach a zero covariance).
 
-    :returns: ``logsumexp(wlp, dim=1)``, shape ``(c,)``.
+    :param wlp: log-probabilities, components along ``dim``: ``(c, K)`` (``dim=1``) or ``(K, c)``
+        (``dim=0``).
+    :param int dim: the dimension of the components.
+    :returns: ``logsumexp(wlp, dim)``, shape ``(c,)``.
     """
     log_floor = 0.5 * math.log(torch.finfo(wlp.dtype).tiny)
-    top = wlp.amax(dim=1, keepdim=True)
+    top = wlp.amax(dim=dim, keepdim=True)
     torch.exp(wlp.sub_(top).clamp_min_(log_floor), out=out)
     torch.nn.functional.threshold_(out, math.exp(log_floor), 0.0)
-    total = out.sum(dim=1, keepdim=True)
+    total = out.sum(dim=dim, keepdim=True)
     out.div_(total)
-    return (top + total.log_()).squeeze(1)
+    return (top + total.log_()).squeeze(dim)
 
 
 def scatter_centered(X, resp, means, kind, rows=None):
@@ -461,13 +464,12 @@ def gram_log_prob_coefficients(params, covariance_type):
 
 
 def moments_from_gram(stats, kind, d):
-    """Counts, sums and scatter about the weighted means from ``features^T resp``.
+    """Counts, sums and scatter about the weighted means from ``resp^T features``.
 
-    :param stats: ``sum_n features(x_n) r_nk``, ``(F, K)``.
+    :param stats: ``sum_n r_nk features(x_n)``, ``(K, F)``.
     :returns: ``(nk (K,), sums (K, d), scatter)`` with the scatter about ``sums / n_eff``:
         ``(K, d, d)`` (kind "matrix") or its diagonal ``(K, d)``.
     """
-    stats = stats.T
     nk = stats[:, -1]
     sums = stats[:, -d - 1:-1]
     second = stats[:, :-d - 1]

@@ -45,13 +45,14 @@ __all__ = [
     "feature_names",
     "chunks_of",
     "checked_chunks",
+    "first_rows",
     "ChunkSource",
     "MemorySource",
 ]
 
 log = logging.getLogger(__name__)
 
-# the gram features of data in memory are kept up to this many bytes (both layouts together)
+# the gram features of data in memory are kept up to this many bytes
 FEATURE_CACHE_BYTES = 1 << 28
 # data-dependent initializations of data in chunks use this many rows of rank 0
 INIT_ROWS = 100_000
@@ -143,8 +144,7 @@ def check_dtype(dtype):
     """``None`` (float64), a torch or numpy float type or its name -> torch.float64 or torch.float32."""
     if dtype is None:
         return torch.float64
-    names = {"float64": torch.float64, "float32": torch.float32, "double": torch.float64,
-             "float": torch.float32}
+    names = {"float64": torch.float64, "float32": torch.float32}
     if isinstance(dtype, str):
         if dtype in names:
             return names[dtype]
@@ -231,6 +231,22 @@ def checked_chunks(chunks, dtype, device, n_features=None):
         yield i, t, was_tensor
 
 
+def first_rows(chunks, rows):
+    """The first ``rows`` rows of data in chunks (all, if fewer), as one tensor; ``None`` without rows.
+
+    Reads only as many chunks as it needs.
+
+    :param chunks: an iterable of ``(n_i, d)`` tensors.
+    """
+    parts, n = [], 0
+    for block in chunks:
+        parts.append(block[:rows - n])
+        n += parts[-1].shape[0]
+        if n >= rows:
+            break
+    return torch.cat(parts) if parts else None
+
+
 # ---------------------------------------------------------------------------------------
 # sources
 # ---------------------------------------------------------------------------------------
@@ -273,7 +289,7 @@ class ChunkSource:
                 total = torch.zeros(2, self.d, dtype=self.dtype, device=self.device)
             n += t.shape[0]
             total[0] += t.sum(0)
-            total[1] += (t * t).sum(0)
+            total[1] += torch.linalg.vector_norm(t, dim=0) ** 2   # a scale: no temporary (n, d) array
         if self.device is None:
             self.device = torch.device("cpu")
         local_d = self.d
@@ -305,47 +321,51 @@ class ChunkSource:
 
     def init_rows(self):
         """The rows a data-dependent initialization uses: the first ``INIT_ROWS`` (or all, if fewer)."""
-        parts, m = [], 0
-        for t in self:
-            parts.append(t[:INIT_ROWS - m])
-            m += parts[-1].shape[0]
-            if m >= INIT_ROWS:
-                break
-        if not parts:
+        rows = first_rows(self, INIT_ROWS)
+        if rows is None:
             return torch.empty(0, self.d, dtype=self.dtype, device=self.device)
-        return torch.cat(parts)
+        return rows
 
     # ------------------------------------------------------------------ statistics
-    def _feature_blocks(self, kind):
-        """Gram features of all rows, block by block: ``(features (r, F), transposed (F, r) or None)``."""
+    def _feature_blocks(self, kind, k):
+        """Gram features of all rows, transposed, block by block: ``(F, r)`` tensors.
+
+        A block and its ``(K, r)`` responsibilities hold at most ``CHUNK_ELEMENTS`` elements each.
+        """
         n_features = n_gram_features(kind, self.d)
-        rows = chunk_rows(n_features)
+        rows = chunk_rows(max(n_features, k))
         buffer = None
         for x in self:
             for s in range(0, x.shape[0], rows):
                 block = x[s:s + rows]
-                if buffer is None or buffer.shape[0] < block.shape[0]:
-                    buffer = torch.empty(block.shape[0], n_features, dtype=x.dtype, device=x.device)
-                yield gram_features(block, kind, buffer[:block.shape[0]]), None
+                if buffer is None or buffer.shape[1] < block.shape[0]:
+                    buffer = torch.empty(n_features, block.shape[0], dtype=x.dtype, device=x.device)
+                f_t = buffer[:, :block.shape[0]]
+                gram_features(block, kind, f_t.T)
+                yield f_t
 
     def gram_statistics(self, q, kind):
         """The E step and the M step statistics of all rows from their gram features.
 
+        Components run along the rows of the products, ``(K, F) x (F, r)`` and ``(K, r) x (r,
+        F)``: for a few components and many samples the fastest layout for both.
+
         :param q: :func:`~pyro_vae.mixture.gaussian.gram_log_prob_coefficients`, ``(F, K)``.
         :param str kind: ``"matrix"`` or ``"vector"`` (:func:`~pyro_vae.mixture.gaussian.scatter_kind`).
-        :returns: ``(sum_n log p(x_n), sum_n features(x_n) r_nk (F, K))``, summed over processes.
+        :returns: ``(sum_n log p(x_n), sum_n r_nk features(x_n) (K, F))``, summed over processes.
         """
         n_features, k = q.shape
-        out = torch.zeros(1 + n_features * k, dtype=q.dtype, device=q.device)
-        total, stats = out[0], out[1:].view(n_features, k)
-        wlp = None
-        for f, f_t in self._feature_blocks(kind):
-            rows = f.shape[0]
-            if wlp is None or wlp.shape[0] < rows:
-                wlp = torch.empty(rows, k, dtype=q.dtype, device=q.device)
-            resp = torch.mm(f, q, out=wlp[:rows])
-            total += normalize_(resp, resp).sum()
-            stats.addmm_(f.T if f_t is None else f_t, resp)
+        q_t = q.T.contiguous()
+        out = torch.zeros(1 + k * n_features, dtype=q.dtype, device=q.device)
+        total, stats = out[0], out[1:].view(k, n_features)
+        buffer = None
+        for f_t in self._feature_blocks(kind, k):
+            rows = f_t.shape[1]
+            if buffer is None or buffer.numel() < k * rows:
+                buffer = torch.empty(k * rows, dtype=q.dtype, device=q.device)
+            resp = torch.mm(q_t, f_t, out=buffer[:k * rows].view(k, rows))
+            total += normalize_(resp, resp, dim=0).sum()
+            stats.addmm_(resp, f_t.T)
         _dist.all_reduce_sum(out, "all_reduce of the EM statistics")
         return float(total), stats
 
@@ -407,10 +427,9 @@ class ChunkSource:
 class MemorySource(ChunkSource):
     """Rows in memory: one chunk whose gram features are computed once and kept.
 
-    The features are kept (row-major for the E step product and column-major for the M step
-    product, the fastest layouts for the two) when both copies take at most
-    ``FEATURE_CACHE_BYTES``; otherwise they are recomputed block by block in every iteration.
-    A data-dependent initialization uses all rows.
+    The features are kept (transposed, ``(F, N)``, the fastest layout for both products of an
+    iteration) when they take at most ``FEATURE_CACHE_BYTES``; otherwise they are recomputed
+    block by block in every iteration. A data-dependent initialization uses all rows.
 
     :param X: checked data, ``(N, d)`` (:func:`as_2d_tensor`), on the device of the computation.
     """
@@ -419,7 +438,13 @@ class MemorySource(ChunkSource):
         super().__init__([X], X.dtype, X.device)
         self.first_pass()
         self._centered = X - self.origin
+        self.chunks = None    # X itself is not needed any more
         self._features = {}
+
+    def _tensors(self):   # checked already
+        self.numpy_input = False
+        self.d = self.chunks[0].shape[1]
+        yield self.chunks[0]
 
     def __iter__(self):
         yield self._centered
@@ -427,19 +452,17 @@ class MemorySource(ChunkSource):
     def init_rows(self):
         return self._centered
 
-    def _feature_blocks(self, kind):
+    def _feature_blocks(self, kind, k):
         n_features = n_gram_features(kind, self.d)
         X = self._centered
-        if 2 * self.n * n_features * X.element_size() > FEATURE_CACHE_BYTES:
-            yield from super()._feature_blocks(kind)
+        if self.n * n_features * X.element_size() > FEATURE_CACHE_BYTES:
+            yield from super()._feature_blocks(kind, k)
             return
         if kind not in self._features:
-            # built column-major (contiguous writes), then copied row-major block by block
+            # written through the transpose: contiguous writes down the columns of X^T
             phi_t = torch.empty(n_features, self.n, dtype=X.dtype, device=X.device)
             gram_features(X.T.contiguous().T, kind, phi_t.T)
-            phi = torch.empty(self.n, n_features, dtype=X.dtype, device=X.device)
-            rows = chunk_rows(n_features)
-            for s in range(0, self.n, rows):
-                phi[s:s + rows].copy_(phi_t[:, s:s + rows].T)
-            self._features[kind] = (phi, phi_t)
+            self._features[kind] = phi_t
+        # one block of all rows: few large operations parallelize best (and suffer least on a
+        # busy machine); blocks that fit in the cache measured at most 5% faster on one thread
         yield self._features[kind]
