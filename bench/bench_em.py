@@ -10,8 +10,8 @@ a tiny problem, to check that the script works.
 ``--baseline-ref REF`` also times the mixture of an earlier version of this package in the same
 run: the module ``pyro_vae/em.py`` of the git revision ``REF`` (the code before the
 ``pyro_vae.mixture`` package; ``main`` until that package is merged, a commit before it after),
-loaded from ``git show REF:pyro_vae/em.py`` into a temporary module. ``--baseline-ref none``
-leaves it out.
+loaded from ``git show REF:pyro_vae/em.py`` into a temporary module. Without it (or with
+``none``) only the current code and scikit-learn are timed.
 
 Both estimators get the same float64 data (N samples of a K-component mixture in d dimensions
 with random full covariances), the same initial parameters (``weights_init``, ``means_init``,
@@ -148,8 +148,9 @@ def main(argv=None):
     p.add_argument("--types", default="full,diag", help="covariance types, comma-separated")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when present)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--baseline-ref", default="main",
-                   help="git revision whose pyro_vae/em.py is timed too (default main; 'none' to skip)")
+    p.add_argument("--baseline-ref", default="none",
+                   help="git revision whose pyro_vae/em.py is timed too, e.g. main before the "
+                   "pyro_vae.mixture package was merged (default none)")
     p.add_argument("--quick", action="store_true",
                    help="a tiny problem (N=3000, d=4, K=3, 3 iterations, 1 repeat): checks that the script runs")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),

@@ -9,7 +9,7 @@ float64, ``max_iter`` iterations with ``tol=0``). The fits of the same problem a
 ``GaussianMixture.fit(X)`` in memory, ``GaussianMixture.fit(chunks)`` with the rows split into
 chunks of ``--chunk-rows`` (a list of numpy arrays; every iteration is one pass over them), the
 same two with the ``GaussianMixture`` of ``pyro_vae/em.py`` at the git revision
-``--baseline-ref`` (see ``bench/bench_em.py``; ``none`` leaves it out), and scikit-learn's
+``--baseline-ref`` (see ``bench/bench_em.py``; left out by default), and scikit-learn's
 ``GaussianMixture.fit(X)``. Reported: the median time per iteration over ``--repeats`` fits, the
 ratios, and the relative difference of the final lower bound of the chunked fit to the in-memory
 one. Written to ``bench/results_em_chunked.md``; ``--quick`` runs a tiny problem to check the script.
@@ -44,8 +44,9 @@ def main(argv=None):
     p.add_argument("--threads", type=int, default=2)
     p.add_argument("--types", default="full,diag")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--baseline-ref", default="main",
-                   help="git revision whose pyro_vae/em.py is timed too (default main; 'none' to skip)")
+    p.add_argument("--baseline-ref", default="none",
+                   help="git revision whose pyro_vae/em.py is timed too, e.g. main before the "
+                   "pyro_vae.mixture package was merged (default none)")
     p.add_argument("--quick", action="store_true", help="a tiny problem: checks that the script runs")
     p.add_argument("--out", default=os.path.join(HERE, "results_em_chunked.md"))
     args = p.parse_args(argv)

@@ -454,13 +454,13 @@ class MemorySource(ChunkSource):
 
     def _feature_blocks(self, kind, k):
         n_features = n_gram_features(kind, self.d)
-        X = self._centered
-        if self.n * n_features * X.element_size() > FEATURE_CACHE_BYTES:
+        X = self._centered          # this process's rows (self.n counts those of all processes)
+        if X.shape[0] * n_features * X.element_size() > FEATURE_CACHE_BYTES:
             yield from super()._feature_blocks(kind, k)
             return
         if kind not in self._features:
             # written through the transpose: contiguous writes down the columns of X^T
-            phi_t = torch.empty(n_features, self.n, dtype=X.dtype, device=X.device)
+            phi_t = torch.empty(n_features, X.shape[0], dtype=X.dtype, device=X.device)
             gram_features(X.T.contiguous().T, kind, phi_t.T)
             self._features[kind] = phi_t
         # one block of all rows: few large operations parallelize best (and suffer least on a
