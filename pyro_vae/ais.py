@@ -67,8 +67,8 @@ from pyro_vae.checks import (as_data_tensor, check_bool, check_callable, check_c
                              check_program_args, check_seed, fork_rng)
 from pyro_vae.hmc import find_step_size, hmc_transition, potential_and_grad
 from pyro_vae.importance import (DATA_PLATE, PARTICLE_PLATE, ImportanceEstimate, chunk_sizes,
-                                 infer_max_plate_nesting, param_store_guard, sample_sites,
-                                 site_log_prob)
+                                 infer_max_plate_nesting, param_store_guard, plate_collision_error,
+                                 sample_sites, site_log_prob)
 from pyro_vae.noise import DatapointNoise
 
 __all__ = ["ais_log_likelihood", "bdmc", "AISEstimate", "BDMCResult", "annealing_schedule",
@@ -543,12 +543,7 @@ class _Programs:
             with context:
                 return poutine.trace(program).get_trace(x, *self.args, **self.kwargs)
         except ValueError as e:
-            if PARTICLE_PLATE in str(e) and "collide" in str(e):
-                raise ValueError(
-                    f"a plate of the model or guide uses dim {dim}, where the chains go with "
-                    f"max_plate_nesting={self.max_plate_nesting}; pass the number of plate "
-                    "dimensions the program uses as max_plate_nesting (or None to infer it)") from None
-            raise
+            raise plate_collision_error(e, dim, self.max_plate_nesting, "chains") from None
 
 
 class _Target:

@@ -26,6 +26,7 @@ __all__ = [
     "check_positive_float",
     "check_bool",
     "check_choice",
+    "check_registered",
     "check_callable",
     "check_program_args",
     "parse_spec",
@@ -135,6 +136,24 @@ def check_choice(value, name, choices):
     if not ok:
         raise ValueError(f"unknown {name} {value!r}; choose one of {', '.join(repr(c) for c in choices)}")
     return value
+
+
+def check_registered(name, registry, kind):
+    """The entry ``registry[name]`` of a registry of built-in components (priors, likelihoods).
+
+    :param str name: the name given.
+    :param dict registry: built-in components by name.
+    :param str kind: what the registry holds, for the message (``"prior"``).
+    :returns: the registered entry.
+    :raises ValueError: the name is ``"user"`` (a user's component is passed itself, not by
+        name) or not registered; the message lists the valid names.
+    """
+    if name == "user":
+        raise ValueError(f"a user-declared {kind} cannot be rebuilt from its name; pass the "
+                         "function or module itself")
+    if name not in registry:
+        raise ValueError(f"unknown {kind} {name!r}; valid names: {', '.join(map(repr, registry))}")
+    return registry[name]
 
 
 # --------------------------------------------------------------------------- programs

@@ -87,7 +87,7 @@ from pyro_vae.distributions import gaussian_marginals
 from pyro_vae.noise import DatapointNoise
 
 __all__ = ["log_likelihood", "log_weights", "ImportanceEstimate", "program_dtype", "DATA_PLATE",
-           "PARTICLE_PLATE", "chunk_sizes", "infer_max_plate_nesting", "sample_sites", "site_log_prob",
+           "PARTICLE_PLATE", "plate_collision_error", "chunk_sizes", "infer_max_plate_nesting", "sample_sites", "site_log_prob",
            "param_store_guard"]
 
 #: name of the plate of vectorized particles (chosen not to collide with a user's plates)
@@ -403,12 +403,7 @@ def _log_weights(model, guide, x, num_particles, model_args, model_kwargs, max_p
         model_trace = poutine.trace(poutine.replay(vectorized(model), trace=guide_trace)).get_trace(
             x, *model_args, **model_kwargs)
     except ValueError as e:
-        if PARTICLE_PLATE in str(e) and "collide" in str(e):
-            raise ValueError(
-                f"a plate of the model or guide uses dim {particle_dim}, where the particles go with "
-                f"max_plate_nesting={max_plate_nesting}; pass the number of plate dimensions the "
-                "program uses as max_plate_nesting (or None to infer it)") from None
-        raise
+        raise plate_collision_error(e, particle_dim, max_plate_nesting, "particles") from None
 
     shape = (num_particles, n)
     logw = torch.zeros(shape, dtype=x.dtype, device=x.device)
@@ -445,6 +440,25 @@ def _log_weights(model, guide, x, num_particles, model_args, model_kwargs, max_p
 _PER_DATAPOINT_HINT = (
     "a guide with one parameter row per datapoint (Pyro's AutoNormal or AutoDiagonalNormal, a "
     "pyro.param of shape (N, ...)) scores exactly the N datapoints it was fitted on, all in one call")
+
+
+def plate_collision_error(error, dim, max_plate_nesting, what):
+    """The error to raise for ``error``, raised while tracing a program under the plate of
+    particles (or chains) at ``dim``: a message saying what to do when a plate of the program
+    collides with that plate, else ``error`` itself.
+
+    :param ValueError error: the error raised by tracing.
+    :param int dim: the dim of the particle plate.
+    :param int max_plate_nesting: the plate nesting it was placed after.
+    :param str what: what the plate holds (``"particles"``, ``"chains"``).
+    :returns: the exception to raise.
+    """
+    if PARTICLE_PLATE in str(error) and "collide" in str(error):
+        return ValueError(
+            f"a plate of the model or guide uses dim {dim}, where the {what} go with "
+            f"max_plate_nesting={max_plate_nesting}; pass the number of plate dimensions the "
+            "program uses as max_plate_nesting (or None to infer it)")
+    return error
 
 
 def _check_guide_rows(guide_trace, n):

@@ -30,7 +30,7 @@ from torch.nn import functional as F
 import pyro.distributions as dist
 
 from pyro_vae.distributions import BernoulliEvent, NormalEvent, inv_softplus
-from pyro_vae.checks import check_positive_float, check_positive_int, parse_spec
+from pyro_vae.checks import check_positive_float, check_positive_int, check_registered, parse_spec
 
 __all__ = [
     "Likelihood",
@@ -119,6 +119,13 @@ class Likelihood(nn.Module):
     def extra_repr(self):
         return ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
 
+    @staticmethod
+    def _refuse_values(x, bad, message):
+        """Raise a ValueError if any ``bad`` entry of ``x``: ``message`` formatted with the
+        first such value as ``{value}``."""
+        if bad.any():
+            raise ValueError(message.format(value=x[bad][0].item()))
+
     def _check_out(self, out):
         if out.shape[-1] != self.out_dim:
             raise ValueError(
@@ -143,14 +150,11 @@ class Bernoulli(Likelihood):
 
     def validate_data(self, x):
         super().validate_data(x)
-        bad = (x != 0) & (x != 1)
-        if bad.any():
-            example = x[bad][0].item()
-            raise ValueError(
-                f"the bernoulli likelihood needs binary data: values must be 0 or 1, found "
-                f"{example:g} (grey levels?); binarize the data (pyro_vae.data.binarize) or use "
-                f"likelihood='continuous_bernoulli'"
-            )
+        self._refuse_values(
+            x, (x != 0) & (x != 1),
+            "the bernoulli likelihood needs binary data: values must be 0 or 1, found {value:g} "
+            "(grey levels?); binarize the data (pyro_vae.data.binarize) or use "
+            "likelihood='continuous_bernoulli'")
 
     def describe(self):
         return {"name": "bernoulli", "data_dim": self.data_dim}
@@ -171,14 +175,10 @@ class ContinuousBernoulli(Likelihood):
 
     def validate_data(self, x):
         super().validate_data(x)
-        bad = (x < 0) | (x > 1)
-        if bad.any():
-            example = x[bad][0].item()
-            raise ValueError(
-                f"the continuous_bernoulli likelihood needs data in [0, 1], found {example:g}; "
-                f"scale the data to [0, 1] (e.g. divide 8-bit pixels by 255) or use "
-                f"likelihood='gaussian'"
-            )
+        self._refuse_values(
+            x, (x < 0) | (x > 1),
+            "the continuous_bernoulli likelihood needs data in [0, 1], found {value:g}; scale the "
+            "data to [0, 1] (e.g. divide 8-bit pixels by 255) or use likelihood='gaussian'")
 
     def describe(self):
         return {"name": "continuous_bernoulli", "data_dim": self.data_dim}
@@ -254,7 +254,7 @@ class GaussianShared(_LearnedScale):
         return NormalEvent(out, self.scale.expand(out.shape))
 
 
-class GaussianFeature(_LearnedScale):
+class GaussianFeature(GaussianShared):
     """p(x|z) = prod_i N(x_i | out_i, sigma_i^2) with a learned sigma per feature.
 
     :param int data_dim: size D of a datapoint.
@@ -264,10 +264,6 @@ class GaussianFeature(_LearnedScale):
 
     name = "gaussian_feature"
     scale_shape = "feature"
-
-    def forward(self, out):
-        self._check_out(out)
-        return NormalEvent(out, self.scale.expand(out.shape))
 
 
 class Laplace(_LearnedScale):
@@ -429,17 +425,13 @@ def make_likelihood(spec, data_dim, outputs_per_feature=None):
             f"an nn.Module or a callable from decoder output to a distribution; got "
             f"{type(spec).__name__}"
         )
-    if name == "user":
-        raise ValueError("a user-declared likelihood cannot be rebuilt from its name; pass the "
-                         "function or module itself")
-    if name not in LIKELIHOODS:
-        raise ValueError(f"unknown likelihood {name!r}; valid names: {', '.join(map(repr, LIKELIHOODS))}")
+    cls = check_registered(name, LIKELIHOODS, "likelihood")
     given_dim = kwargs.pop("data_dim", data_dim)
     if given_dim != data_dim:
         raise ValueError(f"likelihood {name!r} was declared with data_dim={given_dim} but the data "
                          f"have {data_dim} features")
     try:
-        lik = LIKELIHOODS[name](data_dim, **kwargs)
+        lik = cls(data_dim, **kwargs)
     except TypeError as e:
         raise ValueError(f"invalid arguments for likelihood {name!r}: {e}") from None
     _check_k(lik, outputs_per_feature)

@@ -76,6 +76,13 @@ class MLP(nn.Sequential):
         super().__init__(*layers)
 
 
+def _loc_scale(out, latent_dim):
+    """``(loc, softplus(raw) + MIN_SCALE)`` from an encoder's output ``(loc, raw)``, shape
+    ``(..., 2L)``."""
+    loc, raw = out.split(latent_dim, dim=-1)
+    return loc, F.softplus(raw) + MIN_SCALE
+
+
 class Encoder(nn.Module):
     """MLP encoder for a diagonal Gaussian q(z|x).
 
@@ -99,9 +106,7 @@ class Encoder(nn.Module):
         :param torch.Tensor x: data, shape ``(..., D)``.
         :returns: ``(loc, scale)``, each of shape ``(..., L)``.
         """
-        h = self.net(x)
-        loc, raw = h.split(self.latent_dim, dim=-1)
-        return loc, F.softplus(raw) + MIN_SCALE
+        return _loc_scale(self.net(x), self.latent_dim)
 
     def features(self, x):
         """The last hidden layer.
@@ -119,8 +124,7 @@ class Encoder(nn.Module):
         :param torch.Tensor h: features, shape ``(..., feature_dim)``.
         :returns: ``(loc, scale)``, each of shape ``(..., L)``.
         """
-        loc, raw = self.net[-1](h).split(self.latent_dim, dim=-1)
-        return loc, F.softplus(raw) + MIN_SCALE
+        return _loc_scale(self.net[-1](h), self.latent_dim)
 
 
 class Decoder(nn.Module):
@@ -210,8 +214,7 @@ class ConvEncoder(nn.Module):
         :param torch.Tensor h: features, shape ``(..., feature_dim)``.
         :returns: ``(loc, scale)``, each of shape ``(..., L)``.
         """
-        loc, raw = self.fc[-1](h).split(self.latent_dim, dim=-1)
-        return loc, F.softplus(raw) + MIN_SCALE
+        return _loc_scale(self.fc[-1](h), self.latent_dim)
 
 
 class ConvDecoder(nn.Module):

@@ -28,7 +28,7 @@ from torch.nn import functional as F
 
 import pyro.distributions as dist
 
-from pyro_vae.checks import check_positive_float, check_positive_int, parse_spec
+from pyro_vae.checks import check_positive_float, check_positive_int, check_registered, parse_spec
 from pyro_vae.distributions import NormalEvent, inv_softplus
 
 __all__ = [
@@ -339,16 +339,11 @@ def make_prior(spec, latent_dim, encoder=None, data_dim=None):
             f"prior must be a name ({', '.join(map(repr, PRIORS))}), a (name, kwargs) pair or dict, an "
             f"nn.Module or a callable returning a distribution; got {type(spec).__name__}"
         )
-    if name == "user":
-        raise ValueError("a user-declared prior cannot be rebuilt from its name; pass the "
-                         "function or module itself")
-    if name not in PRIORS:
-        raise ValueError(f"unknown prior {name!r}; valid names: {', '.join(map(repr, PRIORS))}")
+    cls = check_registered(name, PRIORS, "prior")
     given_dim = kwargs.pop("latent_dim", latent_dim)
     if given_dim != latent_dim:
         raise ValueError(f"prior {name!r} was declared with latent_dim={given_dim} but the model "
                          f"has latent_dim={latent_dim}")
-    cls = PRIORS[name]
     if cls is VampPrior:
         if encoder is None or data_dim is None:
             raise ValueError("the 'vamp' prior needs the encoder and data_dim "
