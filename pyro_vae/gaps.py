@@ -44,8 +44,9 @@ import pyro
 from pyro.distributions.torch_distribution import TorchDistribution
 
 from pyro_vae.distributions import NoiseSpec, NormalEvent, noise_spec, sample_from_noise
-from pyro_vae.checks import (as_data_tensor, check_int, check_positive_float, check_positive_int, check_seed,
-                             fork_rng)
+from pyro_vae.ais import ais_log_likelihood
+from pyro_vae.checks import (as_data_tensor, check_choice, check_int, check_positive_float, check_positive_int,
+                             check_seed, fork_rng)
 from pyro_vae.guides import LocalPosterior
 from pyro_vae.importance import DATA_PLATE, log_likelihood, log_weights, param_store_guard
 
@@ -57,7 +58,8 @@ GAP_COLUMNS = ("log_px", "log_px_mc_stderr", "elbo_amortized", "elbo_optimized",
 
 
 def inference_gaps(vae, x, num_samples=1000, *, steps=500, lr=0.01, num_particles=8,
-                   data_batch_size=500, particle_batch_size=None, seed=0):
+                   data_batch_size=500, particle_batch_size=None, seed=0, log_px_method="is",
+                   ais_steps=1000, ais_chains=16):
     """Per-datapoint log p(x), ELBOs and the approximation / amortization gaps of a VAE.
 
     q*(z|x_i) is a member of the guide's family with parameters of its own per datapoint
@@ -75,9 +77,16 @@ def inference_gaps(vae, x, num_samples=1000, *, steps=500, lr=0.01, num_particle
     ``Normal(*encode(x))``. All ELBOs are plain ELBOs: a KL weight (``beta``) of the VAE is
     ignored.
 
-    Random numbers: each data batch draws three seeds from a generator seeded with ``seed``:
+    With ``log_px_method="ais"``, log p(x) is the larger of the importance-sampling estimate
+    above and an annealed-importance-sampling estimate
+    (:func:`pyro_vae.ais.ais_log_likelihood` from the amortized guide, ``ais_steps`` steps,
+    ``ais_chains`` chains), per datapoint, as Cremer et al. (2018) do: both are stochastic lower
+    bounds, and the larger is the tighter. The table then also has the columns ``log_px_is``
+    and ``log_px_ais``.
+
+    Random numbers: each data batch draws four seeds from a generator seeded with ``seed``:
     one for the optimization, one for ELBO[q] and ELBO[q*] (the same for both), one for
-    log p(x). The global RNG state is left as it was.
+    log p(x) by importance sampling and one for AIS. The global RNG state is left as it was.
 
     :param vae: the trained model.
     :param torch.Tensor x: data, shape ``(N, D)``.
@@ -89,6 +98,10 @@ def inference_gaps(vae, x, num_samples=1000, *, steps=500, lr=0.01, num_particle
     :param int particle_batch_size: particles per pass when evaluating (see
         :func:`~pyro_vae.importance.log_likelihood`).
     :param int seed: seed of all random draws.
+    :param str log_px_method: ``"is"`` (importance sampling with the defensive mixture) or
+        ``"ais"`` (the larger of that and AIS).
+    :param int ais_steps: annealing steps of AIS (with ``log_px_method="ais"``).
+    :param int ais_chains: AIS chains per datapoint (with ``log_px_method="ais"``).
     :returns: :class:`pandas.DataFrame` with one row per datapoint and columns
         ``log_px``, ``log_px_mc_stderr``, ``elbo_amortized`` (ELBO[q]), ``elbo_optimized``
         (ELBO[q*]), ``approximation_gap`` (log_px - elbo_optimized), ``amortization_gap``
@@ -114,17 +127,23 @@ def inference_gaps(vae, x, num_samples=1000, *, steps=500, lr=0.01, num_particle
     seed = check_seed(seed, allow_none=False)
     if particle_batch_size is not None:
         particle_batch_size = check_positive_int(particle_batch_size, "particle_batch_size")
+    log_px_method = check_choice(log_px_method, "log_px_method", ("is", "ais"))
+    if log_px_method == "ais":
+        ais_steps = check_positive_int(ais_steps, "ais_steps")
+        ais_chains = check_positive_int(ais_chains, "ais_chains")
 
     was_training = getattr(vae, "training", None)
     if was_training:
         vae.eval()
     seeds = torch.Generator().manual_seed(seed)
-    columns = {c: [] for c in GAP_COLUMNS}
+    extra = ("log_px_is", "log_px_ais") if log_px_method == "ais" else ()
+    columns = {c: [] for c in GAP_COLUMNS + extra}
     try:
         with param_store_guard():
             for start in range(0, x.shape[0], data_batch_size):
                 xb = x[start:start + data_batch_size]
-                seed_opt, seed_elbo, seed_log_px = torch.randint(0, 2 ** 62, (3,), generator=seeds).tolist()
+                seed_opt, seed_elbo, seed_log_px, seed_ais = torch.randint(
+                    0, 2 ** 62, (4,), generator=seeds).tolist()
                 amortized, local = _amortized_and_local(vae, xb, family)
                 with fork_rng(seed_opt, x.device):
                     _optimize_local(vae.model, xb, local, steps, lr, num_particles)
@@ -137,9 +156,17 @@ def inference_gaps(vae, x, num_samples=1000, *, steps=500, lr=0.01, num_particle
                     optimized = local.distribution()
                 estimate = estimate_log_px(vae.model, xb, amortized, optimized, num_samples,
                                            particle_batch_size=particle_batch_size, seed=seed_log_px)
-                log_px = estimate.per_datapoint
+                log_px, mc_stderr = estimate.per_datapoint, estimate.mc_stderr
+                if log_px_method == "ais":
+                    ais = ais_log_likelihood(vae.model, vae.guide, xb, ais_steps, ais_chains,
+                                             data_batch_size=xb.shape[0], seed=seed_ais, progress=False)
+                    columns["log_px_is"].append(log_px)
+                    columns["log_px_ais"].append(ais.per_datapoint)
+                    use_ais = ais.per_datapoint > log_px
+                    log_px = torch.where(use_ais, ais.per_datapoint, log_px)
+                    mc_stderr = torch.where(use_ais, ais.mc_stderr, mc_stderr)
                 columns["log_px"].append(log_px)
-                columns["log_px_mc_stderr"].append(estimate.mc_stderr)
+                columns["log_px_mc_stderr"].append(mc_stderr)
                 columns["elbo_amortized"].append(elbo_q)
                 columns["elbo_optimized"].append(elbo_q_star)
                 columns["approximation_gap"].append(log_px - elbo_q_star)

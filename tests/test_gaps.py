@@ -302,3 +302,32 @@ def test_defensive_mixture_draws_from_noise_have_the_mixture_distribution():
     assert abs(left - 0.5) < 0.02  # each component half the time
     assert abs(z[z < 0.5].mean() + 2.0) < 0.02 and abs(z[z < 0.5].std() - 0.5) < 0.02
     assert abs(z[z >= 0.5].mean() - 10.0) < 0.05
+
+
+def test_log_px_by_ais_takes_the_larger_estimate_and_reaches_the_analytic_value(lgvae):
+    """steps=0 leaves q* = q, a poor proposal: with 1 sample importance sampling is biased low,
+    while AIS from the same q lands on the analytic log p(x)."""
+    with torch.no_grad():
+        x = lgvae.sample(12, seed=3)
+        truth = lgvae.log_px(x)
+    df = inference_gaps(lgvae, x, num_samples=1, steps=0, seed=0, log_px_method="ais",
+                        ais_steps=200, ais_chains=8)
+    assert list(df.columns) == list(GAP_COLUMNS) + ["log_px_is", "log_px_ais"]
+    t = lambda c: torch.tensor(df[c].to_numpy())  # noqa: E731
+    assert torch.equal(t("log_px"), torch.maximum(t("log_px_is"), t("log_px_ais")))
+    assert float((truth - t("log_px_is")).mean()) > 0.2  # IS with 1 sample: the KL below
+    ais_error = t("log_px_ais") - truth
+    assert abs(float(ais_error.mean())) < 0.05 and float(ais_error.abs().max()) < 0.3
+    # the gaps use the chosen log p(x)
+    torch.testing.assert_close(t("inference_gap"), t("log_px") - t("elbo_amortized"))
+    # the importance-sampling column is what log_px is without AIS (same seeds)
+    plain = inference_gaps(lgvae, x, num_samples=1, steps=0, seed=0)
+    assert plain["log_px"].tolist() == df["log_px_is"].tolist()
+
+
+def test_log_px_method_is_checked(lgvae):
+    x = lgvae.sample(2).detach()
+    with pytest.raises(ValueError, match="log_px_method"):
+        inference_gaps(lgvae, x, steps=0, log_px_method="hmc")
+    with pytest.raises(ValueError, match="ais_steps"):
+        inference_gaps(lgvae, x, steps=0, log_px_method="ais", ais_steps=0)
