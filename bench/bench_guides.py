@@ -74,6 +74,10 @@ CANDIDATES = {
     "iaf2_iwae5": {"model": {"guide": "iaf", "num_flows": 2}, "fit": {"objective": "iwae", "num_particles": 5}},
     # the IWAE (K=5) bound with two hidden layers in encoder and decoder (more capacity per epoch)
     "deep_iwae5": {"model": {"hidden": [300, 300]}, "fit": {"objective": "iwae", "num_particles": 5}},
+    # a tighter importance-weighted bound (K=10)
+    "iwae10": {"fit": {"objective": "iwae", "num_particles": 10}},
+    # the IWAE (K=5) bound with a narrower network: less capacity to overfit 9,000 digits
+    "small_iwae5": {"model": {"hidden": [256]}, "fit": {"objective": "iwae", "num_particles": 5}},
     # the full-covariance family under the same bound, completing the family table for IWAE (K=5)
     "full_iwae5": {"model": {"guide": "full"}, "fit": {"objective": "iwae", "num_particles": 5}},
     # convolutional encoder/decoder: image structure built in, fewer weights to overfit 9,000 digits
