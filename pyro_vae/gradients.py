@@ -16,8 +16,8 @@ gradient, which differ only in their variance (and cost):
 several estimators and reports, per estimator and parameter group, the total variance (the
 sum over coordinates), the squared norm of the mean gradient and the ratio of the variance to
 that of a reference estimator (``"enum"``, exact in the discrete sites). Gradients are those of
-the ELBO per datapoint (the sum over the data passed, divided by their number), with respect
-to the unconstrained parameters.
+the loss, minus the ELBO per datapoint (the sum over the data passed, divided by their number),
+with respect to the unconstrained parameters (as an optimizer sees them).
 
 Stateful baselines are warmed up first: ``warmup`` draws of each ``"tracegraph"`` estimator
 update the decaying averages and take Adam steps on ``warmup_params`` (a neural baseline's
@@ -308,14 +308,19 @@ class _Runner:
         values = [p.detach().clone() for p in self.warmup_params]
         stats = {name: _Welford() for name in self.groups}
         loss_total = 0.0
-        with fork_rng(seed, self.x.device if self.x.device.type == "cuda" else None):
-            if objective == "tracegraph" and warmup:
-                opt = torch.optim.Adam(self.warmup_params, lr=warmup_lr) if self.warmup_params else None
+        device = self.x.device if self.x.device.type == "cuda" else None
+        if objective == "tracegraph" and warmup:
+            # the warm-up draws from a stream of its own, so that the recorded draws are the same
+            # with or without it (and the same for every estimator that samples alike)
+            warm_seed = int(torch.randint(2 ** 62, (), generator=torch.Generator().manual_seed(seed)))
+            opt = torch.optim.Adam(self.warmup_params, lr=warmup_lr) if self.warmup_params else None
+            with fork_rng(warm_seed, device):
                 for _ in range(warmup):
                     self._zero()
                     elbo.loss_and_grads(model, guide, self.x, *self.args, **self.kwargs)
                     if opt is not None:
                         opt.step()
+        with fork_rng(seed, device):
             t0 = time.perf_counter()
             for _ in range(num_draws):
                 self._zero()
