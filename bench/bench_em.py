@@ -1,10 +1,17 @@
-"""EM for Gaussian mixtures: pyro_vae.GaussianMixture against scikit-learn, side by side.
+"""EM for Gaussian mixtures: pyro_vae.GaussianMixture against scikit-learn and an earlier version, side by side.
 
 Command (from the repository root)::
 
-    PYTHONPATH=. python bench/bench_em.py --threads 1,2 --repeats 5
+    PYTHONPATH=. python bench/bench_em.py --threads 1,2 --repeats 5 --baseline-ref main
 
-On a machine with a GPU add ``--device cuda`` (scikit-learn stays on the CPU).
+On a machine with a GPU add ``--device cuda`` (scikit-learn stays on the CPU). ``--quick`` runs
+a tiny problem, to check that the script works.
+
+``--baseline-ref REF`` also times the mixture of an earlier version of this package in the same
+run: the module ``pyro_vae/em.py`` of the git revision ``REF`` (the code before the
+``pyro_vae.mixture`` package; ``main`` until that package is merged, a commit before it after),
+loaded from ``git show REF:pyro_vae/em.py`` into a temporary module. Without it (or with
+``none``) only the current code and scikit-learn are timed.
 
 Both estimators get the same float64 data (N samples of a K-component mixture in d dimensions
 with random full covariances), the same initial parameters (``weights_init``, ``means_init``,
@@ -22,10 +29,13 @@ The markdown table is printed and written to ``bench/results_em.md`` (atomically
 """
 
 import argparse
+import importlib.util
 import os
 import platform
 import statistics
+import subprocess
 import sys
+import tempfile
 import time
 import warnings
 
@@ -34,8 +44,37 @@ import torch
 
 sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
 
-from pyro_vae.em import GaussianMixture  # noqa: E402
+from pyro_vae.mixture import GaussianMixture  # noqa: E402
 from pyro_vae.storage import write_text  # noqa: E402
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def load_baseline(ref):
+    """The ``GaussianMixture`` class of ``pyro_vae/em.py`` at git revision ``ref``, or ``None`` for "none".
+
+    The module is loaded under another name; it imports the rest of the package (``pyro_vae``)
+    from this checkout.
+    """
+    if ref is None or ref.lower() == "none":
+        return None
+    try:
+        source = subprocess.run(["git", "show", f"{ref}:pyro_vae/em.py"], cwd=REPO, check=True,
+                                capture_output=True, text=True).stdout
+    except (OSError, subprocess.CalledProcessError) as e:
+        detail = getattr(e, "stderr", "") or str(e)
+        raise SystemExit(f"--baseline-ref {ref}: cannot read pyro_vae/em.py at that revision "
+                         f"({detail.strip()}); give a revision from before the pyro_vae.mixture "
+                         "package, or 'none'")
+    with tempfile.NamedTemporaryFile("w", suffix=".py", prefix="baseline_em_", delete=False) as f:
+        f.write(source)
+    try:
+        spec = importlib.util.spec_from_file_location("baseline_em", f.name)
+        module = importlib.util.module_from_spec(spec)
+        spec.loader.exec_module(module)
+    finally:
+        os.unlink(f.name)
+    return module.GaussianMixture
 
 
 def make_data(n, d, k, seed):
@@ -78,6 +117,15 @@ def timed_fit(make, X, sync):
     return gm, time.perf_counter() - t0
 
 
+def _describe(ref):
+    """``ref``'s commit, abbreviated, for the results file."""
+    try:
+        return subprocess.run(["git", "rev-parse", "--short", ref], cwd=REPO, check=True,
+                              capture_output=True, text=True).stdout.strip()
+    except (OSError, subprocess.CalledProcessError):
+        return "unknown commit"
+
+
 def _thread_list(text):
     try:
         values = [int(v) for v in text.split(",") if v.strip()]
@@ -100,9 +148,16 @@ def main(argv=None):
     p.add_argument("--types", default="full,diag", help="covariance types, comma-separated")
     p.add_argument("--device", default="cpu", help="cpu, cuda or auto (cuda when present)")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--baseline-ref", default="none",
+                   help="git revision whose pyro_vae/em.py is timed too, e.g. main before the "
+                   "pyro_vae.mixture package was merged (default none)")
+    p.add_argument("--quick", action="store_true",
+                   help="a tiny problem (N=3000, d=4, K=3, 3 iterations, 1 repeat): checks that the script runs")
     p.add_argument("--out", default=os.path.join(os.path.dirname(os.path.abspath(__file__)),
                                                  "results_em.md"))
     args = p.parse_args(argv)
+    if args.quick:
+        args.n, args.d, args.k, args.iters, args.repeats = 3000, 4, 3, 3, 1
     command = " ".join(["PYTHONPATH=. python bench/bench_em.py"] + list(sys.argv[1:] if argv is None else argv))
 
     from sklearn import __version__ as sk_version
@@ -119,6 +174,7 @@ def main(argv=None):
         if device.startswith("cuda"):
             torch.cuda.synchronize()
 
+    Baseline = load_baseline(args.baseline_ref)
     load_before = os.getloadavg()[0]
     X = make_data(args.n, args.d, args.k, args.seed)
     X_torch = torch.from_numpy(X).to(device)
@@ -131,29 +187,38 @@ def main(argv=None):
                 common = dict(n_components=args.k, covariance_type=ct, max_iter=args.iters, tol=0.0,
                               weights_init=w, means_init=m, precisions_init=prec)
 
-                def make_sk():
-                    return SkGaussianMixture(**common)
-
-                def make_ours():
-                    return GaussianMixture(device=device, **common)
-
-                timed_fit(make_ours, X_torch, sync)  # warm-up (allocator, kernels)
-                t_sk, t_ours = [], []
-                for _ in range(args.repeats):
-                    sk, t = timed_fit(make_sk, X, lambda: None)
-                    t_sk.append(t)
-                    ours, t = timed_fit(make_ours, X_torch, sync)
-                    t_ours.append(t)
-                assert sk.n_iter_ == ours.n_iter_ == args.iters
-                ms_sk = statistics.median(t_sk) / args.iters * 1e3
-                ms_ours = statistics.median(t_ours) / args.iters * 1e3
-                best = min(t_sk) / min(t_ours)
-                rel_lb = abs(ours.lower_bound_ - sk.lower_bound_) / abs(sk.lower_bound_)
-                sk_score, our_score = sk.score(X), ours.score(X_torch)
+                makers = {"sklearn": (lambda: SkGaussianMixture(**common), X, lambda: None),
+                          "ours": (lambda: GaussianMixture(device=device, **common), X_torch, sync)}
+                if Baseline is not None:
+                    makers["baseline"] = (lambda: Baseline(device=device, **common), X_torch, sync)
+                for name in ("ours", "baseline"):     # warm-up (allocator, kernels)
+                    if name in makers:
+                        make, data, done = makers[name]
+                        timed_fit(make, data, done)
+                times, fits = {name: [] for name in makers}, {}
+                for _ in range(args.repeats):          # the contenders alternate
+                    for name, (make, data, done) in makers.items():
+                        fits[name], t = timed_fit(make, data, done)
+                        times[name].append(t)
+                assert all(gm.n_iter_ == args.iters for gm in fits.values())
+                ms = {name: statistics.median(t) / args.iters * 1e3 for name, t in times.items()}
+                best = {name: min(t) for name, t in times.items()}
+                sk = fits["sklearn"]
+                rel_lb = abs(fits["ours"].lower_bound_ - sk.lower_bound_) / abs(sk.lower_bound_)
+                sk_score, our_score = sk.score(X), fits["ours"].score(X_torch)
                 rel_score = abs(our_score - sk_score) / abs(sk_score)
-                rows.append((ct, threads, ms_sk, ms_ours, ms_sk / ms_ours, best, rel_lb, rel_score))
-                print(f"{ct}, {threads} thread(s): sklearn {ms_sk:.1f} ms/iter, ours {ms_ours:.1f} "
-                      f"ms/iter, x{ms_sk / ms_ours:.2f} (best of {args.repeats}: x{best:.2f}), "
+                row = {"ct": ct, "threads": threads, "ms": ms, "speed": ms["sklearn"] / ms["ours"],
+                       "best": best["sklearn"] / best["ours"], "rel_lb": rel_lb, "rel_score": rel_score}
+                if Baseline is not None:
+                    row["vs_baseline"] = ms["baseline"] / ms["ours"]
+                    row["vs_baseline_best"] = best["baseline"] / best["ours"]
+                    row["rel_baseline"] = (abs(fits["ours"].lower_bound_ - fits["baseline"].lower_bound_)
+                                           / abs(fits["baseline"].lower_bound_))
+                rows.append(row)
+                extra = (f", baseline {ms['baseline']:.1f} ms/iter (baseline / ours: x{row['vs_baseline']:.2f})"
+                         if Baseline is not None else "")
+                print(f"{ct}, {threads} thread(s): sklearn {ms['sklearn']:.1f} ms/iter, ours {ms['ours']:.1f} "
+                      f"ms/iter, x{row['speed']:.2f} (best of {args.repeats}: x{row['best']:.2f}){extra}, "
                       f"rel. diff {rel_lb:.1e} / {rel_score:.1e}", flush=True)
 
     lines = [
@@ -168,13 +233,28 @@ def main(argv=None):
         f"Python {platform.python_version()}, {os.cpu_count()} CPU(s), load average "
         f"{load_before:.1f} before and {os.getloadavg()[0]:.1f} after the run.",
         "",
-        "| covariance | threads | sklearn ms/iter | ours ms/iter | speed-up | speed-up (best) | "
-        "rel. diff lower bound | rel. diff final log-lik |",
-        "|---|---:|---:|---:|---:|---:|---:|---:|",
     ]
-    for ct, threads, ms_sk, ms_ours, speed, best, rel_lb, rel_score in rows:
-        lines.append(f"| {ct} | {threads} | {ms_sk:.1f} | {ms_ours:.1f} | {speed:.1f}x | {best:.1f}x | "
-                     f"{rel_lb:.1e} | {rel_score:.1e} |")
+    if Baseline is not None:
+        lines += [f"Baseline: `pyro_vae/em.py` at `{args.baseline_ref}` "
+                  f"({_describe(args.baseline_ref)}), timed in the same run, interleaved with the others.", "",
+                  "| covariance | threads | sklearn ms/iter | baseline ms/iter | ours ms/iter | speed-up vs "
+                  "sklearn | (best) | baseline / ours | (best) | rel. diff lower bound (sklearn / baseline) "
+                  "| rel. diff final log-lik |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|---:|---:|---:|"]
+    else:
+        lines += ["| covariance | threads | sklearn ms/iter | ours ms/iter | speed-up | speed-up (best) | "
+                  "rel. diff lower bound | rel. diff final log-lik |",
+                  "|---|---:|---:|---:|---:|---:|---:|---:|"]
+    for r in rows:
+        ms = r["ms"]
+        if Baseline is not None:
+            lines.append(f"| {r['ct']} | {r['threads']} | {ms['sklearn']:.1f} | {ms['baseline']:.1f} | "
+                         f"{ms['ours']:.1f} | {r['speed']:.1f}x | {r['best']:.1f}x | {r['vs_baseline']:.2f}x | "
+                         f"{r['vs_baseline_best']:.2f}x | {r['rel_lb']:.1e} / {r['rel_baseline']:.1e} | "
+                         f"{r['rel_score']:.1e} |")
+        else:
+            lines.append(f"| {r['ct']} | {r['threads']} | {ms['sklearn']:.1f} | {ms['ours']:.1f} | "
+                         f"{r['speed']:.1f}x | {r['best']:.1f}x | {r['rel_lb']:.1e} | {r['rel_score']:.1e} |")
     table = "\n".join(lines) + "\n"
     print()
     print(table)

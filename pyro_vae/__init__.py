@@ -23,7 +23,7 @@ from pyro_vae.gradients import gradient_variance  # noqa: E402
 from pyro_vae.importance import log_likelihood  # noqa: E402
 from pyro_vae.ais import ais_log_likelihood, bdmc  # noqa: E402
 from pyro_vae.gaps import inference_gaps  # noqa: E402
-from pyro_vae.em import GaussianMixture  # noqa: E402
+from pyro_vae.mixture import GaussianMixture  # noqa: E402
 from pyro_vae.compare import compare_vae_em  # noqa: E402
 
 __all__ = ["VAE", "MixtureVAE", "fit", "gradient_variance", "DivergenceError", "log_likelihood", "ais_log_likelihood", "bdmc",

@@ -307,7 +307,6 @@ def _add_em(sub):
 
 
 def _cmd_em(args):
-    import math
     import os
     import warnings
 
@@ -315,7 +314,8 @@ def _cmd_em(args):
 
     from pyro_vae import storage
     from pyro_vae.data import CsvChunks, load_data
-    from pyro_vae.em import ConvergenceWarning, GaussianMixture
+    from pyro_vae.mixture import ConvergenceWarning, GaussianMixture
+    from pyro_vae.mixture.sources import first_rows
 
     for value, flag, low in ((args.components, "--components", 1), (args.n_init, "--n-init", 1),
                              (args.max_iter, "--max-iter", 0), (args.seed, "--seed", 0)):
@@ -327,10 +327,9 @@ def _cmd_em(args):
     device = _device(args.device)
 
     if args.chunk_rows is None:
-        x = load_data(args.data, dtype=torch.float64, scale=None).x.to(device)
-        chunks = [x]
-        if x.shape[0] < args.components:
-            raise UsageError(f"--data has {x.shape[0]} rows but --components {args.components}; use "
+        data = load_data(args.data, dtype=torch.float64, scale=None).x.to(device)
+        if data.shape[0] < args.components:
+            raise UsageError(f"--data has {data.shape[0]} rows but --components {args.components}; use "
                              "at most as many components as rows")
     else:
         if args.chunk_rows < 1:
@@ -338,22 +337,17 @@ def _cmd_em(args):
         if not args.data.lower().endswith(".csv"):
             raise UsageError("--chunk-rows reads CSV files; convert the data to CSV or leave "
                              "--chunk-rows out to load the whole file")
-        chunks = CsvChunks(args.data, args.chunk_rows)
+        data = CsvChunks(args.data, args.chunk_rows)
     gm = GaussianMixture(n_components=args.components, covariance_type=args.covariance,
                          tol=args.tol, reg_covar=args.reg_covar, max_iter=args.max_iter,
-                         n_init=args.n_init, init=args.init, seed=args.seed, device=device)
+                         n_init=args.n_init, init_params=args.init, random_state=args.seed,
+                         device=device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        gm.fit(chunks if args.chunk_rows is not None else chunks[0])
-    # log-likelihood of every row, one block at a time; the plot shows the first 20,000 rows
-    total, n, shown = 0.0, 0, []
-    for block in chunks:
-        total += float(gm.score_samples(block).sum())
-        if n < 20_000:
-            shown.append(block[:20_000 - n])
-        n += block.shape[0]
+        gm.fit(data)
+    log_likelihood = gm.score_samples(data)
+    n, total = log_likelihood.shape[0], float(log_likelihood.sum())
     d = gm.n_features_in_
-    p = gm.n_parameters()
     result = {
         "data": args.data,
         "n_samples": n,
@@ -363,9 +357,9 @@ def _cmd_em(args):
         "log_likelihood": total,
         "log_likelihood_per_sample": total / n,
         "lower_bound": gm.lower_bound_,
-        "bic": -2.0 * total + p * math.log(n),
-        "aic": -2.0 * total + 2 * p,
-        "n_parameters": p,
+        "bic": gm.bic(data),
+        "aic": gm.aic(data),
+        "n_parameters": gm.n_parameters(),
         "n_iter": gm.n_iter_,
         "converged": gm.converged_,
         "seed": args.seed,
@@ -379,8 +373,9 @@ def _cmd_em(args):
     if d == 2:
         from pyro_vae.plots import plot_mixture_2d
 
+        shown = data[:_PLOTTED_ROWS] if args.chunk_rows is None else first_rows(data, _PLOTTED_ROWS)
         files.append(os.path.join(args.out, "mixture.png"))
-        storage.save_figure(plot_mixture_2d(torch.cat(shown).cpu(), gm), files[2])
+        storage.save_figure(plot_mixture_2d(shown.cpu(), gm), files[2])
 
     if args.json:
         summary = {k: v for k, v in result.items() if k not in ("weights", "means", "covariances")}
@@ -395,6 +390,10 @@ def _cmd_em(args):
           f"per sample), BIC {result['bic']:.2f}, {gm.n_iter_} iterations, "
           f"{'converged' if gm.converged_ else 'not converged'}")
     print("wrote " + ", ".join(files))
+
+
+# the mixture plot of `pyro-vae em` shows the first rows of the data
+_PLOTTED_ROWS = 20_000
 
 
 # ---------------------------------------------------------------------------------------

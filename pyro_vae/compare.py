@@ -7,7 +7,7 @@ difference (the inference gap) is what amortized, approximate inference costs.
 :func:`compare_vae_em` fits both on the same training data and scores them on the same
 held-out data:
 
-* ``em`` -- :class:`~pyro_vae.em.GaussianMixture` by EM (exact held-out log-likelihood; its
+* ``em`` -- :class:`~pyro_vae.mixture.GaussianMixture` by EM (exact held-out log-likelihood; its
   ELBO after the E step equals it);
 * ``vae_normal`` -- a VAE with a Gaussian likelihood and a standard-normal prior;
 * ``vae_mixture`` -- a VAE with a K-component mixture-of-Gaussians prior;
@@ -27,7 +27,7 @@ import pandas as pd
 import torch
 
 from pyro_vae.data import SYNTHETIC, MixtureData, load_split
-from pyro_vae.em import GaussianMixture
+from pyro_vae.mixture import GaussianMixture
 from pyro_vae.importance import log_likelihood
 from pyro_vae.training import fit
 from pyro_vae.vae import VAE
@@ -127,7 +127,7 @@ def run_comparison(data=None, n_components=3, *, labels=None, covariance_type="f
     :param tuple hidden: VAE hidden layers.
     :param int epochs: VAE training epochs.
     :param int num_samples: importance samples per held-out point for the VAEs.
-    :param str em_init: EM initialization (see :class:`~pyro_vae.em.GaussianMixture`); the
+    :param str em_init: EM initialization (see :class:`~pyro_vae.mixture.GaussianMixture`); the
         default, responsibilities from randomly chosen data points, leaves EM some iterations
         to show.
     :param int seed: seed of the data, split, initializations and samples.
@@ -169,8 +169,9 @@ def _run(data, n_components, labels, covariance_type, test_fraction, latent_dim,
 
     # --- EM: exact posterior, closed-form updates
     t0 = time.perf_counter()
-    gm = GaussianMixture(n_components=n_components, covariance_type=covariance_type, init=em_init,
-                         max_iter=em_max_iter, n_init=em_n_init, seed=seed).fit(train_x)
+    gm = GaussianMixture(n_components=n_components, covariance_type=covariance_type,
+                         init_params=em_init, max_iter=em_max_iter, n_init=em_n_init,
+                         random_state=seed).fit(train_x)
     em_seconds = time.perf_counter() - t0
     em_ll = torch.as_tensor(gm.score_samples(test_x), dtype=torch.float64)
     resp = torch.as_tensor(gm.predict_proba(test_x), dtype=torch.float64)

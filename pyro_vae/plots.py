@@ -147,7 +147,7 @@ def plot_mixture_2d(X, gm, labels=None, ax=None):
     of the marginal Gaussians of those coordinates.
 
     :param X: data, shape ``(N, d)`` with ``d >= 2`` (tensor, numpy array or DataFrame).
-    :param gm: a fitted :class:`pyro_vae.em.GaussianMixture`.
+    :param gm: a fitted :class:`pyro_vae.mixture.GaussianMixture`.
     :param labels: colour of each point, shape ``(N,)``; default ``gm.predict(X)``.
     :param ax: matplotlib axes to draw into (default: a new figure).
     :returns: the :class:`matplotlib.figure.Figure`.

@@ -78,10 +78,10 @@ def _set(path, value):
     (_set(["history"], {"columns": ["a"], "rows": []}), "history is malformed"),
     (_set(["history", "rows"], []), "history has 0 rows for 1 epochs"),
     (_set(["best"], None), "best-epoch record is malformed"),
-    (_set(["model", "encoder.net.0.weight"], torch.zeros(3, 3)), "'encoder.net.0.weight' has shape \\(3, 3\\) in "
+    (_set(["model", "q.encoder.net.0.weight"], torch.zeros(3, 3)), "'q.encoder.net.0.weight' has shape \\(3, 3\\) in "
                                                                    "the checkpoint but \\(8, 8\\) here"),
-    (_set(["model", "encoder.net.0.weight"], "weights"), "is a str, not a tensor"),
-    (_set(["model", "encoder.net.0.bias"], torch.full((8,), math.nan)), "NaN or infinite.*diverged"),
+    (_set(["model", "q.encoder.net.0.weight"], "weights"), "is a str, not a tensor"),
+    (_set(["model", "q.encoder.net.0.bias"], torch.full((8,), math.nan)), "NaN or infinite.*diverged"),
     (_set(["optimizer"], {"state": {}, "param_groups": []}), "optimizer state does not fit"),
     (_set(["optimizer", "state", 0, "exp_avg"], torch.zeros(5)), "'exp_avg' has shape \\(5,\\)"),
     (_set(["settings", "lr"], 0.5), "written with lr=0.5, but this run has lr=0.001"),

@@ -98,18 +98,18 @@ def _mixture_rows(n=1000, d=3):
 
 def _mixture_fits(part, rank_zero_rows=700):
     """The fits both the workers (each on its part) and the test (on all rows) run."""
-    from pyro_vae import em
-    from pyro_vae.em import COVARIANCE_TYPES, ConvergenceWarning, GaussianMixture
+    from pyro_vae.mixture import COVARIANCE_TYPES, ConvergenceWarning, GaussianMixture, sources
 
     warnings.simplefilter("ignore", ConvergenceWarning)   # max_iter is part of the comparison
     out = {}
-    init_rows, em._INIT_ROWS = em._INIT_ROWS, rank_zero_rows   # initialize on rank 0's 700 rows
+    init_rows, sources.INIT_ROWS = sources.INIT_ROWS, rank_zero_rows   # initialize on rank 0's 700 rows
     try:
         for ct in COVARIANCE_TYPES:
-            gm = GaussianMixture(3, covariance_type=ct, init="random", seed=3, tol=1e-9, max_iter=200)
+            gm = GaussianMixture(3, covariance_type=ct, init_params="random", random_state=3, tol=1e-9,
+                                 max_iter=200)
             out[ct] = _mixture_state(gm.fit(part))
     finally:
-        em._INIT_ROWS = init_rows
+        sources.INIT_ROWS = init_rows
     w = torch.tensor([0.2, 0.3, 0.5], dtype=torch.float64)
     m = _mixture_rows()[[0, 1, 2]]
     prec = torch.eye(3, dtype=torch.float64).expand(3, 3, 3).contiguous()
@@ -293,7 +293,7 @@ def test_mixture_fit_under_torchrun_equals_single_process_fit(tmp_path):
     proc, _ = _torchrun([__file__, "em", str(tmp_path)], tmp_path)
     assert proc.returncode == 0, proc.stderr[-3000:]
     r0, r1 = _load_rank(tmp_path, 0), _load_rank(tmp_path, 1)
-    from pyro_vae.em import GaussianMixture
+    from pyro_vae.mixture import GaussianMixture
 
     x = _mixture_rows()
     # one process, the same rows in chunks (rank 0's 700 in chunks of 128, then rank 1's 300)
@@ -316,7 +316,7 @@ def test_mixture_fit_under_torchrun_equals_single_process_fit(tmp_path):
     torch.testing.assert_close(r0["given"]["covariances"], gm.covariances_, rtol=0, atol=1e-10)
     torch.testing.assert_close(g["covariances"], gm.covariances_, rtol=0, atol=1e-10)
     # a process without data takes part in the fit of the other's rows
-    alone = GaussianMixture(2, seed=0, tol=1e-9).fit(x[:700])
+    alone = GaussianMixture(2, random_state=0, tol=1e-9).fit(x[:700])
     torch.testing.assert_close(r1["empty"]["means"], alone.means_, rtol=0, atol=1e-10)
     assert torch.equal(r0["empty"]["means"], r1["empty"]["means"])
 
@@ -434,13 +434,13 @@ def _worker(scenario, out_dir, argv):
         if code:
             sys.exit(code)
     elif scenario == "em":
-        from pyro_vae.em import GaussianMixture
+        from pyro_vae.mixture import GaussianMixture
 
         x = _mixture_rows()
         # rank 0 passes its rows in chunks, rank 1 in memory
         result.update(_mixture_fits(list(x[:700].split(128)) if rank == 0 else x[700:]))
         empty = [x[:350], x[350:700]] if rank == 0 else []
-        result["empty"] = _mixture_state(GaussianMixture(2, seed=0, tol=1e-9).fit(empty))
+        result["empty"] = _mixture_state(GaussianMixture(2, random_state=0, tol=1e-9).fit(empty))
     elif scenario in ("die", "stall"):
         inner = torch.optim.Adam.step
 

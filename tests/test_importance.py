@@ -331,12 +331,12 @@ def test_discrete_latent_with_exact_posterior_is_exact():
 
 @pytest.mark.parametrize("covariance_type", ["full", "tied", "diag", "spherical"])
 def test_em_gaussian_mixture_exact_posterior_gives_score_samples(covariance_type):
-    from pyro_vae.em import GaussianMixture
+    from pyro_vae.mixture import GaussianMixture
 
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(60, 2, generator=g, dtype=F64) - 3,
                    torch.randn(60, 2, generator=g, dtype=F64) * 0.5 + 3])
-    gm = GaussianMixture(n_components=3, covariance_type=covariance_type, seed=0).fit(x)
+    gm = GaussianMixture(n_components=3, covariance_type=covariance_type, random_state=0).fit(x)
     truth = gm.score_samples(x)
     for k in (1, 16):  # exact posterior as proposal: exact with any K, zero variance
         est = log_likelihood(gm.model, gm.guide, x, num_samples=k, seed=k)

@@ -1,0 +1,17 @@
+"""Gaussian mixtures.
+
+* :mod:`~pyro_vae.mixture.estimator` -- :class:`GaussianMixture`, fitted by exact EM, a drop-in
+  scikit-learn estimator that is also a Pyro model/guide pair;
+* :mod:`~pyro_vae.mixture.gaussian` -- the numerics of the components: parameter conversions,
+  the centered and gram computations of the E and M steps, collapse detection;
+* :mod:`~pyro_vae.mixture.sources` -- input conversion and the rows EM passes over, in memory or
+  in chunks (and over processes);
+* :mod:`~pyro_vae.mixture.initialization` -- k-means++, Lloyd's k-means and random initializations.
+"""
+
+from pyro_vae.mixture.estimator import ALGORITHMS, ConvergenceWarning, GaussianMixture, NotFittedError
+from pyro_vae.mixture.gaussian import COVARIANCE_TYPES
+from pyro_vae.mixture.initialization import INIT_METHODS
+
+__all__ = ["GaussianMixture", "ConvergenceWarning", "NotFittedError", "COVARIANCE_TYPES",
+           "INIT_METHODS", "ALGORITHMS"]
