@@ -48,7 +48,7 @@ from pyro_vae.networks import ACTIVATIONS, MLP, Decoder, Encoder
 from pyro_vae.priors import MixtureOfGaussians
 from pyro_vae.program_pair import BASELINE_STATE_PREFIX
 
-__all__ = ["MixtureVAE", "BASELINES", "COMPONENT_SITE"]
+__all__ = ["MixtureVAE", "BASELINES", "COMPONENT_SITE", "minibatch_baseline"]
 
 #: baselines the guide can declare at the component site for ``TraceGraph_ELBO``
 BASELINES = (None, "decaying", "neural")
@@ -74,7 +74,8 @@ class MixtureVAE(nn.Module):
         ``"neural"`` (a network of x, trained to predict the cost, on top of the decaying
         average). It can be changed after construction; other objectives ignore it.
     :param float baseline_beta: decay of the average, in [0, 1).
-    :param str name: prefix of the names under which parameters enter Pyro's param store.
+    :param str name: the name under which model and guide register the module in Pyro's param
+        store (``pyro.module(name, self)``; parameter ``p`` is ``"<name>$$$p"`` there).
     :param int seed: seed for the initial weights (default: the global RNG).
 
     The decaying average is kept in Pyro's param store (``"__baseline_avg_downstream_cost_y"``)
@@ -140,6 +141,39 @@ class MixtureVAE(nn.Module):
                 "decoder": list(self.decoder.parameters()) + list(self.likelihood.parameters()),
                 "prior": list(self.prior.parameters())}
 
+    def unregister(self):
+        """Remove the entries under this module's name from Pyro's param store.
+
+        Pyro's ``pyro.module`` takes the tensors already stored under a name, so a new module
+        with the name of an earlier one must not find the earlier one's there (fit refuses to
+        train them); call this (or ``pyro.clear_param_store()``) before training it.
+        """
+        store = pyro.get_param_store()
+        for key in [k for k in store.keys() if k.startswith(self.name + "$$$")]:
+            del store[key]
+
+    def load_store_state(self, named):
+        """Load parameters kept under their names in Pyro's param store.
+
+        Model and guide register the whole module as ``pyro.module(name, self)``, so that
+        parameter ``p`` is ``"<name>$$$p"`` there, and :func:`pyro_vae.fit` checkpoints it
+        under that name (``checkpoint["model"]``).
+
+        :param dict named: store name -> tensor, one for every parameter of the module.
+        :raises ValueError: a name of another module, or a parameter missing.
+        """
+        prefix = self.name + "$$$"
+        state = dict(self.state_dict())
+        wrong = sorted(k for k in named if not k.startswith(prefix) or k[len(prefix):] not in state)
+        if wrong:
+            raise ValueError(f"these tensors are not parameters of the MixtureVAE named {self.name!r}: "
+                             f"{wrong[:3]}; was the checkpoint written for another model?")
+        missing = sorted(k for k, _ in self.named_parameters() if prefix + k not in named)
+        if missing:
+            raise ValueError(f"the tensors miss the parameters {missing[:3]} of the MixtureVAE")
+        state.update({k[len(prefix):]: v for k, v in named.items()})
+        self.load_state_dict(state)
+
     def baseline_parameters(self):
         """The neural baseline's parameters (trained by ``TraceGraph_ELBO``'s baseline loss)."""
         return list(self.baseline_net.parameters())
@@ -195,10 +229,7 @@ class MixtureVAE(nn.Module):
         :param int num_data: size of the full dataset (default ``N``).
         """
         self._check_x(x)
-        pyro.module(self.name + "_decoder", self.decoder)
-        pyro.module(self.name + "_prior", self.prior)
-        if any(True for _ in self.likelihood.parameters()):
-            pyro.module(self.name + "_likelihood", self.likelihood)
+        pyro.module(self.name, self)
         with self._plate(x, num_data):
             y = pyro.sample(COMPONENT_SITE, dist.Categorical(logits=self.prior.logits))
             z = pyro.sample("z", self.component_prior(y))
@@ -242,8 +273,7 @@ class MixtureVAE(nn.Module):
 
     def _guide(self, x, num_data, baseline):
         self._check_x(x)
-        pyro.module(self.name + "_encoder_y", self.y_encoder)
-        pyro.module(self.name + "_encoder_z", self.z_encoder)
+        pyro.module(self.name, self)
         infer = {"enumerate": "parallel"}
         if baseline is not None:
             infer["baseline"] = self._baseline_options(x, baseline)
@@ -253,19 +283,10 @@ class MixtureVAE(nn.Module):
 
     def _baseline_options(self, x, baseline):
         """``infer["baseline"]`` of the ``"y"`` site (see the class documentation)."""
-        store = pyro.get_param_store()
-        name = BASELINE_STATE_PREFIX + COMPONENT_SITE
-        if name in store:
-            # one average for the whole minibatch, whatever its size
-            avg = store[name].detach()
-            store[name] = avg.mean().expand(x.shape[0]).clone()
-        options = {"use_decaying_avg_baseline": True, "baseline_beta": self.baseline_beta}
+        net = None
         if baseline == "neural":
-            pyro.module(self.name + "_baseline", self.baseline_net)
-            # its output (N, 1) as the shape (N,) of the downstream cost
-            options["nn_baseline"] = lambda inputs: self.baseline_net(inputs).squeeze(-1)
-            options["nn_baseline_input"] = x
-        return options
+            net = self.baseline_net
+        return minibatch_baseline(COMPONENT_SITE, x, self.baseline_beta, net)
 
     # ------------------------------------------------------------------ conveniences
     @torch.no_grad()
@@ -369,3 +390,34 @@ class MixtureVAE(nn.Module):
         return cls(cfg["data_dim"], cfg["latent_dim"], cfg["n_components"], hidden=tuple(cfg["hidden"]),
                    likelihood=cfg["likelihood"], activation=cfg["activation"], baseline=cfg["baseline"],
                    baseline_beta=cfg["baseline_beta"], name=cfg["name"])
+
+
+def minibatch_baseline(site, x, beta, net=None):
+    """``infer["baseline"]`` options of a discrete guide site in the data plate, for
+    :class:`pyro.infer.TraceGraph_ELBO`: Pyro's decaying average of the downstream cost, plus a
+    neural baseline when ``net`` is given.
+
+    Pyro keeps the average in its param store (``"__baseline_avg_downstream_cost_<site>"``)
+    with one entry per position in the minibatch, which fails when the last minibatch of an
+    epoch is smaller and, with shuffled minibatches, averages over fewer draws. Here it is
+    folded to one number for the whole minibatch before each step (call this from the guide,
+    once per step).
+
+    :param str site: name of the sample site.
+    :param torch.Tensor x: the minibatch, shape ``(N, D)``.
+    :param float beta: decay of the average, in [0, 1).
+    :param net: ``None``, or a module ``(N, D) -> (N, 1)`` predicting the downstream cost
+        (registered with the guide's module so that it is trained by the baseline loss).
+    :returns: dict for ``infer={"baseline": ...}``.
+    """
+    store = pyro.get_param_store()
+    name = BASELINE_STATE_PREFIX + site
+    if name in store:
+        avg = store[name].detach()
+        store[name] = avg.mean().expand(x.shape[0]).clone()
+    options = {"use_decaying_avg_baseline": True, "baseline_beta": beta}
+    if net is not None:
+        # its output (N, 1) as the shape (N,) of the downstream cost
+        options["nn_baseline"] = lambda inputs: net(inputs).squeeze(-1)
+        options["nn_baseline_input"] = x
+    return options

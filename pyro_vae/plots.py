@@ -14,7 +14,7 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 __all__ = ["plot_history", "plot_image_grid", "plot_samples_2d", "image_shape", "plot_method_comparison",
-           "plot_training_curves", "plot_mixture_2d"]
+           "plot_training_curves", "plot_mixture_2d", "plot_component_samples"]
 
 
 def image_shape(data_dim):
@@ -198,3 +198,21 @@ def _mixture_covariances_2d(gm):
     if gm.covariance_type == "diag":
         return np.stack([np.diag(c[:2]) for c in cov])
     return np.stack([np.eye(2) * c for c in cov])
+
+
+def plot_component_samples(model, shape, per_component=10, seed=0, mean=True):
+    """Samples of a model with discrete components, one row per component.
+
+    :param model: a :class:`pyro_vae.mixture_vae.MixtureVAE` (anything with ``n_components``
+        and ``sample(n, seed=..., component=k, mean=...)``).
+    :param tuple shape: ``(H, W)`` of an image.
+    :param int per_component: samples per row.
+    :param int seed: seed of the draws (row k uses ``seed + k``).
+    :param bool mean: the mean of p(x|z) (smooth images) instead of a draw.
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    k = int(model.n_components)
+    rows = [model.sample(per_component, seed=seed + c, component=c, mean=mean) for c in range(k)]
+    weights = torch.softmax(model.prior.logits.detach(), -1).cpu()
+    title = "samples per component (rows); weights " + " ".join(f"{w:.2f}" for w in weights.tolist())
+    return plot_image_grid(torch.cat(rows), shape, nrow=per_component, title=title)
