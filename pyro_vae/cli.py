@@ -449,9 +449,11 @@ _PLOTTED_ROWS = 20_000
 def _add_compare(sub):
     p = sub.add_parser(
         "compare", help="compare VAEs against EM on Gaussian-mixture data",
-        description="Fit a Gaussian mixture by EM and two VAEs (standard-normal prior; "
-        "mixture prior) on the same data; score all on held-out data. Writes "
-        "comparison.csv and PNG plots to --out.")
+        description="Fit a Gaussian mixture by EM, the same mixture by SVI with an amortized q(c|x) "
+        "(gmm_svi), and three VAEs (standard-normal prior; mixture prior; explicit component, "
+        "mixture_vae) on the same data; score all on held-out data. EM vs gmm_svi is what inference "
+        "costs, gmm_svi vs the VAEs what the model costs. Writes comparison.csv and PNG plots "
+        "(costs.png shows the split) to --out.")
     p.add_argument("--data", help="CSV file of numeric columns (default: a synthetic mixture)")
     p.add_argument("--label-column", help="column of true component labels in --data (for the ARI)")
     _add_comparison_options(p, "runs/compare")
