@@ -62,6 +62,12 @@ def _add_train(sub):
     p.add_argument("--num-flows", type=int, help="flows of --guide iaf (default 2)")
     p.add_argument("--network", choices=["mlp", "conv"],
                    help="encoder/decoder: fully connected (default) or convolutional (square images)")
+    p.add_argument("--model", choices=["vae", "mixture_vae"],
+                   help="vae (default), or mixture_vae: a VAE with an explicit discrete component y "
+                   "(trained with --objective enum, the exact sum over y, unless told otherwise)")
+    p.add_argument("--components", type=int, help="components K of --model mixture_vae (default 10)")
+    p.add_argument("--baseline", choices=["none", "decaying", "neural"],
+                   help="baseline of --model mixture_vae for --objective tracegraph (default none)")
     p.add_argument("--epochs", type=int)
     p.add_argument("--batch-size", type=int)
     p.add_argument("--lr", type=float)
@@ -111,7 +117,32 @@ def _train_overrides(args):
     }
     if args.seed is not None:
         config["seed"] = args.seed
+    _mixture_vae_overrides(args, config)
     return config
+
+
+def _mixture_vae_overrides(args, config):
+    """The settings of ``--model mixture_vae`` (in place); VAE-only options are refused with it."""
+    if args.model != "mixture_vae":
+        for value, flag in ((args.components, "--components"), (args.baseline, "--baseline")):
+            if value is not None:
+                raise UsageError(f"{flag} belongs to --model mixture_vae")
+        if args.model is not None:
+            config["model"]["kind"] = args.model
+        return
+    for value, flag in ((args.prior, "--prior"), (args.guide, "--guide"), (args.num_flows, "--num-flows"),
+                        (args.network, "--network"), (args.beta, "--beta")):
+        if value is not None:
+            raise UsageError(f"{flag} is an option of --model vae; the mixture_vae has its own prior (a "
+                             "learned mixture) and guide q(y|x) q(z|x,y)")
+    if args.components is not None and args.components < 1:
+        raise UsageError(f"--components must be a positive integer, got {args.components}")
+    config["model"]["kind"] = "mixture_vae"
+    if args.components is not None:
+        config["model"]["n_components"] = args.components
+    if args.baseline is not None:
+        config["model"]["baseline"] = None if args.baseline == "none" else args.baseline
+    config["fit"].setdefault("objective", "enum")
 
 
 def _cmd_train(args):
@@ -205,6 +236,7 @@ def _cmd_evaluate(args):
                 raise UsageError(f"{flag} belongs to importance sampling; use it with --method is")
     device = _device(args.device)
     vae, _, x = load_run(args.run_dir, device=device)
+    _check_evaluate_model(args, vae)
     if args.data:
         from pyro_vae.data import load_data
 
@@ -268,6 +300,21 @@ def _cmd_evaluate(args):
                      "amortization_gap", "inference_gap"):
             print(f"  {name:<18} {s[name]['mean']:10.3f} +- {s[name]['stderr']:.3f}")
     print("wrote " + ", ".join(files))
+
+
+def _check_evaluate_model(args, model):
+    """The inference gaps and AIS need a VAE's continuous latent only; a mixture_vae has a
+    discrete component too."""
+    from pyro_vae.vae import VAE
+
+    if isinstance(model, VAE):
+        return
+    if args.gaps:
+        raise UsageError("--gaps optimizes a Gaussian q(z|x) per datapoint, for runs of --model vae; a "
+                         "mixture_vae run is evaluated by importance sampling (leave --gaps out)")
+    if args.method == "ais":
+        raise UsageError("--method ais moves continuous latents by HMC, and a mixture_vae has a discrete "
+                         "component; use --method is")
 
 
 # ---------------------------------------------------------------------------------------
@@ -402,9 +449,11 @@ _PLOTTED_ROWS = 20_000
 def _add_compare(sub):
     p = sub.add_parser(
         "compare", help="compare VAEs against EM on Gaussian-mixture data",
-        description="Fit a Gaussian mixture by EM and two VAEs (standard-normal prior; "
-        "mixture prior) on the same data; score all on held-out data. Writes "
-        "comparison.csv and PNG plots to --out.")
+        description="Fit a Gaussian mixture by EM, the same mixture by SVI with an amortized q(c|x) "
+        "(gmm_svi), and three VAEs (standard-normal prior; mixture prior; explicit component, "
+        "mixture_vae) on the same data; score all on held-out data. EM vs gmm_svi is what inference "
+        "costs, gmm_svi vs the VAEs what the model costs. Writes comparison.csv and PNG plots "
+        "(costs.png shows the split) to --out.")
     p.add_argument("--data", help="CSV file of numeric columns (default: a synthetic mixture)")
     p.add_argument("--label-column", help="column of true component labels in --data (for the ARI)")
     _add_comparison_options(p, "runs/compare")

@@ -11,9 +11,18 @@ held-out data:
   ELBO after the E step equals it);
 * ``vae_normal`` -- a VAE with a Gaussian likelihood and a standard-normal prior;
 * ``vae_mixture`` -- a VAE with a K-component mixture-of-Gaussians prior;
+* ``gmm_svi`` -- the same Gaussian mixture as EM's, fitted by SVI with an amortized q(c|x)
+  (:class:`~pyro_vae.mixture.GaussianMixtureSVI`; exact held-out log-likelihood, ELBO and gap);
+* ``mixture_vae`` -- a VAE with an explicit component (:class:`~pyro_vae.MixtureVAE`), trained
+  with the exact sum over the component (``enum``);
 * ``oracle`` -- the generating mixture, when the data are synthetic.
 
 VAE log-likelihoods are estimated by importance sampling (:func:`pyro_vae.log_likelihood`).
+
+The columns ``family`` (the model) and ``inference`` (how it is fitted) separate two costs:
+EM against ``gmm_svi`` is the same model fitted with exact against amortized, stochastic
+inference (what inference costs); ``gmm_svi`` against the VAEs is the same kind of inference
+on other models (what the model costs). ``vs_em`` is the held-out log-likelihood minus EM's.
 """
 
 import contextlib
@@ -27,7 +36,8 @@ import pandas as pd
 import torch
 
 from pyro_vae.data import SYNTHETIC, MixtureData, load_split
-from pyro_vae.mixture import GaussianMixture
+from pyro_vae.mixture import GaussianMixture, GaussianMixtureSVI
+from pyro_vae.mixture_vae import MixtureVAE
 from pyro_vae.importance import log_likelihood
 from pyro_vae.training import fit
 from pyro_vae.vae import VAE
@@ -37,7 +47,12 @@ __all__ = ["compare_vae_em", "run_comparison", "Comparison", "adjusted_rand_inde
 log = logging.getLogger(__name__)
 
 COLUMNS = ["method", "heldout_log_likelihood", "heldout_log_likelihood_se", "heldout_log_likelihood_mc_se",
-           "heldout_elbo", "gap", "gap_se", "fit_seconds", "iterations", "ari"]
+           "heldout_elbo", "gap", "gap_se", "fit_seconds", "iterations", "ari", "family", "inference", "vs_em"]
+
+#: the model family and the inference of each method (columns ``family`` and ``inference``)
+METHOD_KINDS = {"em": ("gaussian_mixture", "exact (EM)"), "gmm_svi": ("gaussian_mixture", "amortized (SVI)"),
+                "vae_normal": ("vae", "amortized (SVI)"), "vae_mixture": ("vae", "amortized (SVI)"),
+                "mixture_vae": ("mixture_vae", "amortized (SVI)"), "oracle": ("gaussian_mixture", "true parameters")}
 
 
 @dataclass
@@ -52,6 +67,7 @@ class Comparison:
     :ivar torch.Tensor train_x: training data ``(N, d)``.
     :ivar torch.Tensor test_x: held-out data ``(M, d)``.
     :ivar MixtureData mixture: the generating mixture for synthetic data, else ``None``.
+    :ivar GaussianMixtureSVI svi: the mixture fitted by SVI (row ``gmm_svi``), else ``None``.
     """
 
     table: pd.DataFrame
@@ -63,6 +79,7 @@ class Comparison:
     test_labels: torch.Tensor = None
     mixture: MixtureData = None
     per_datapoint: dict = field(default_factory=dict)
+    svi: GaussianMixtureSVI = None
 
 
 def adjusted_rand_index(labels_true, labels_pred):
@@ -112,8 +129,10 @@ def run_comparison(data=None, n_components=3, *, labels=None, covariance_type="f
                    test_fraction=0.25, latent_dim=None, hidden=(64, 64), epochs=100,
                    batch_size=128, lr=3e-3, num_samples=1000, em_init="random_from_data",
                    em_max_iter=500, em_n_init=1, seed=0, n_samples=4000, dim=2, separation=4.0, device=None, num_threads=1,
-                   quiet=True):
-    """Fit EM and two VAEs on the same data and score them on the same held-out part.
+                   quiet=True, svi_epochs=40, svi_batch_size=512, svi_lr=0.03, svi_objective="enum",
+                   mixture_vae=True):
+    """Fit EM, the same mixture by SVI and three VAEs on the same data and score them on the
+    same held-out part.
 
     :param data: ``None`` (a synthetic mixture of ``n_components`` components in ``dim``
         dimensions, ``n_samples`` points), a :class:`~pyro_vae.data.MixtureData`, a tensor /
@@ -134,12 +153,24 @@ def run_comparison(data=None, n_components=3, *, labels=None, covariance_type="f
     :param int num_threads: torch CPU threads while fitting and scoring (restored afterwards).
         The networks here are tiny, and one thread is fastest for them; ``None`` keeps the
         current setting.
+    :param int svi_epochs: epochs of the ``gmm_svi`` row (``None``: leave the row out).
+    :param int svi_batch_size: its minibatch size.
+    :param float svi_lr: its learning rate.
+    :param str svi_objective: its objective, ``"enum"`` or ``"tracegraph"``.
+    :param bool mixture_vae: add the ``mixture_vae`` row (trained like the VAEs, ``enum``).
     :returns: :class:`Comparison`.
     """
     with _torch_threads(num_threads):
-        return _run(data, n_components, labels, covariance_type, test_fraction, latent_dim, hidden,
+        comp = _run(data, n_components, labels, covariance_type, test_fraction, latent_dim, hidden,
                     epochs, batch_size, lr, num_samples, em_init, em_max_iter, em_n_init, seed,
-                    n_samples, dim, separation, device, quiet)
+                    n_samples, dim, separation, device, quiet,
+                    {"epochs": svi_epochs, "batch_size": svi_batch_size, "lr": svi_lr,
+                     "objective": svi_objective} if svi_epochs else None, mixture_vae)
+    t = comp.table
+    t["family"] = [METHOD_KINDS[m][0] for m in t["method"]]
+    t["inference"] = [METHOD_KINDS[m][1] for m in t["method"]]
+    t["vs_em"] = t["heldout_log_likelihood"] - float(t.loc[t["method"] == "em", "heldout_log_likelihood"].iloc[0])
+    return comp
 
 
 @contextlib.contextmanager
@@ -158,7 +189,7 @@ def _torch_threads(num_threads):
 
 def _run(data, n_components, labels, covariance_type, test_fraction, latent_dim, hidden, epochs,
          batch_size, lr, num_samples, em_init, em_max_iter, em_n_init, seed, n_samples, dim,
-         separation, device, quiet):
+         separation, device, quiet, svi=None, with_mixture_vae=True):
     if not isinstance(n_components, int) or n_components < 1:
         raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
     train_x, test_x, test_l, mixture = _prepare(data, labels, n_components, test_fraction, seed,
@@ -184,13 +215,27 @@ def _run(data, n_components, labels, covariance_type, test_fraction, latent_dim,
     histories["em"] = gm.history_
     per_point["em"] = em_ll
 
+    # --- the same mixture by SVI: amortized q(c|x), exact scores
+    svi_model = None
+    if svi is not None:
+        svi_model, row, lp = _gmm_svi_row(train_x, test_x, test_l, n_components, covariance_type, svi, seed,
+                                          quiet)
+        rows.append(row)
+        histories["gmm_svi"], per_point["gmm_svi"] = svi_model.history_, lp
+
     # --- VAEs: amortized approximate posterior, SVI
     specs = {"vae_normal": "normal", "vae_mixture": {"name": "mixture", "n_components": n_components}}
+    if with_mixture_vae:
+        specs["mixture_vae"] = None
     for i, (name, prior) in enumerate(specs.items()):
-        vae = VAE(d, latent_dim, hidden=hidden, prior=prior, likelihood="gaussian_feature", seed=seed + i)
+        objective = "trace"
+        if name == "mixture_vae":
+            vae, objective = _mixture_vae(d, latent_dim, n_components, hidden, seed + i), "enum"
+        else:
+            vae = VAE(d, latent_dim, hidden=hidden, prior=prior, likelihood="gaussian_feature", seed=seed + i)
         t0 = time.perf_counter()
         hist = fit(vae, train_x, epochs=epochs, batch_size=batch_size, lr=lr, val_data=test_x,
-                   seed=seed + i, device=device, quiet=quiet)
+                   seed=seed + i, device=device, quiet=quiet, objective=objective)
         seconds = time.perf_counter() - t0
         est = log_likelihood(vae.model, vae.guide, test_x.to(vae.device), num_samples=num_samples,
                              seed=seed)
@@ -201,6 +246,8 @@ def _run(data, n_components, labels, covariance_type, test_fraction, latent_dim,
         ari = math.nan
         if test_l is not None and name == "vae_mixture":
             ari = adjusted_rand_index(test_l, _mixture_prior_assignments(vae, test_x))
+        if test_l is not None and name == "mixture_vae":
+            ari = adjusted_rand_index(test_l, vae.predict(test_x.to(vae.device)).cpu())
         rows.append({"method": name, "heldout_log_likelihood": ll, "heldout_log_likelihood_se": ll_se,
                      "heldout_log_likelihood_mc_se": float(est.mc_stderr.double().pow(2).mean().sqrt()
                                                            / math.sqrt(lp.numel())),
@@ -220,7 +267,34 @@ def _run(data, n_components, labels, covariance_type, test_fraction, latent_dim,
         per_point["oracle"] = lp
     table = pd.DataFrame(rows, columns=COLUMNS)
     return Comparison(table=table, em=gm, vaes=vaes, histories=histories, train_x=train_x, test_x=test_x,
-                      test_labels=test_l, mixture=mixture, per_datapoint=per_point)
+                      test_labels=test_l, mixture=mixture, per_datapoint=per_point, svi=svi_model)
+
+
+def _mixture_vae(d, latent_dim, n_components, hidden, seed):
+    """The ``mixture_vae`` row's model, its param-store entries cleared (a new module)."""
+    model = MixtureVAE(d, latent_dim, n_components, hidden=hidden, likelihood="gaussian_feature", seed=seed)
+    model.unregister()
+    return model
+
+
+def _gmm_svi_row(train_x, test_x, test_l, n_components, covariance_type, svi, seed, quiet):
+    """Fit the ``gmm_svi`` row: the EM model family (``tied`` as full, ``spherical`` as diag)
+    by SVI; its log-likelihood, ELBO and gap are exact."""
+    cov = "full" if covariance_type in ("full", "tied") else "diag"
+    t0 = time.perf_counter()
+    model = GaussianMixtureSVI(n_components, covariance_type=cov, epochs=svi["epochs"],
+                               batch_size=svi["batch_size"], lr=svi["lr"], objective=svi["objective"],
+                               seed=seed).fit(train_x, val_data=test_x, quiet=quiet)
+    seconds = time.perf_counter() - t0
+    lp = model.score_samples(test_x).double().cpu()
+    gap = model.gap(test_x).double().cpu()
+    ll, ll_se = _mean_se(lp)
+    gap_mean, gap_se = _mean_se(gap)
+    row = {"method": "gmm_svi", "heldout_log_likelihood": ll, "heldout_log_likelihood_se": ll_se,
+           "heldout_log_likelihood_mc_se": 0.0, "heldout_elbo": float(model.elbo(test_x).double().mean()),
+           "gap": gap_mean, "gap_se": gap_se, "fit_seconds": seconds, "iterations": int(len(model.history_)),
+           "ari": adjusted_rand_index(test_l, model.predict(test_x).cpu()) if test_l is not None else math.nan}
+    return model, row, lp
 
 
 def compare_vae_em(data=None, n_components=3, **kwargs):
@@ -258,8 +332,10 @@ def save_comparison(comparison, out_dir):
 
     Figures: ``mixture_fit.png`` (data with EM component ellipses; 2-D data only),
     ``vae_samples.png`` (samples of each VAE against the held-out data; first two coordinates),
-    ``heldout_log_likelihood.png`` (per method with error bars), ``training.png`` (EM
-    log-likelihood per iteration, VAE ELBO per epoch).
+    ``heldout_log_likelihood.png`` (per method with error bars), ``costs.png`` (what inference
+    costs: EM against ``gmm_svi``, the same model; what the model costs: ``gmm_svi`` against the
+    VAEs; when the ``gmm_svi`` row is there), ``training.png`` (EM log-likelihood per
+    iteration, ELBO per epoch of the SVI fits).
 
     :returns: list of the paths written.
     """
@@ -288,6 +364,8 @@ def save_comparison(comparison, out_dir):
             plots.plot_samples_2d(comparison.test_x, samples, ax=ax, title=f"{name}: samples vs held-out data")
         storage.save_figure(fig, out("vae_samples.png"))
     storage.save_figure(plots.plot_method_comparison(comparison.table), out("heldout_log_likelihood.png"))
+    if "family" in comparison.table and (comparison.table["method"] == "gmm_svi").any():
+        storage.save_figure(plots.plot_inference_and_model_costs(comparison.table), out("costs.png"))
     storage.save_figure(plots.plot_training_curves(comparison.histories), out("training.png"))
     return written
 

@@ -14,7 +14,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 __all__ = ["plot_history", "plot_image_grid", "plot_samples_2d", "image_shape", "plot_method_comparison",
-           "plot_training_curves", "plot_mixture_2d"]
+           "plot_training_curves", "plot_mixture_2d", "plot_component_samples",
+           "plot_inference_and_model_costs"]
 
 
 def image_shape(data_dim):
@@ -198,3 +199,58 @@ def _mixture_covariances_2d(gm):
     if gm.covariance_type == "diag":
         return np.stack([np.diag(c[:2]) for c in cov])
     return np.stack([np.eye(2) * c for c in cov])
+
+
+def plot_component_samples(model, shape, per_component=10, seed=0, mean=True):
+    """Samples of a model with discrete components, one row per component.
+
+    :param model: a :class:`pyro_vae.mixture_vae.MixtureVAE` (anything with ``n_components``
+        and ``sample(n, seed=..., component=k, mean=...)``).
+    :param tuple shape: ``(H, W)`` of an image.
+    :param int per_component: samples per row.
+    :param int seed: seed of the draws (row k uses ``seed + k``).
+    :param bool mean: the mean of p(x|z) (smooth images) instead of a draw.
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    k = int(model.n_components)
+    rows = [model.sample(per_component, seed=seed + c, component=c, mean=mean) for c in range(k)]
+    weights = torch.softmax(model.prior.logits.detach(), -1).cpu()
+    title = "samples per component (rows); weights " + " ".join(f"{w:.2f}" for w in weights.tolist())
+    return plot_image_grid(torch.cat(rows), shape, nrow=per_component, title=title)
+
+
+def plot_inference_and_model_costs(table):
+    """What inference costs and what the model costs, side by side.
+
+    Left: the Gaussian mixture fitted by EM (exact posterior) and by SVI (``gmm_svi``,
+    amortized q(c|x)) -- the same model, so the differences are inference's. Right: ``gmm_svi``
+    and the VAEs, all fitted by amortized SVI -- the differences in log p(x) are the models'.
+    Each bar pair shows the held-out log p(x) and the held-out ELBO; the distance between them
+    is the gap.
+
+    :param pandas.DataFrame table: the frame of :func:`pyro_vae.compare_vae_em` (with the
+        ``gmm_svi`` row).
+    :returns: the :class:`matplotlib.figure.Figure`.
+    """
+    t = table.set_index("method")
+    left = [m for m in ("em", "gmm_svi") if m in t.index]
+    right = [m for m in ("gmm_svi", "vae_normal", "vae_mixture", "mixture_vae") if m in t.index]
+    fig, axes = plt.subplots(1, 2, figsize=(12, 4), gridspec_kw={"width_ratios": [len(left), len(right)]},
+                             sharey=True)
+    titles = ("inference: the same Gaussian mixture, exact vs amortized",
+              "model: the same amortized SVI, mixture vs VAEs")
+    for ax, methods, title in zip(axes, (left, right), titles):
+        pos = np.arange(len(methods))
+        ax.bar(pos - 0.2, t.loc[methods, "heldout_log_likelihood"], width=0.4, label="held-out log p(x)")
+        ax.bar(pos + 0.2, t.loc[methods, "heldout_elbo"], width=0.4, label="held-out ELBO", alpha=0.7)
+        lo = float(np.nanmin(t.loc[left + right, ["heldout_log_likelihood", "heldout_elbo"]].to_numpy()))
+        hi = float(np.nanmax(t.loc[left + right, ["heldout_log_likelihood", "heldout_elbo"]].to_numpy()))
+        ax.set_ylim(lo - 0.1 * (hi - lo + 1e-3), hi + 0.1 * (hi - lo + 1e-3))
+        ax.set_xticks(pos)
+        ax.set_xticklabels(methods)
+        ax.set_title(title, fontsize=10)
+        ax.grid(alpha=0.3, axis="y")
+    axes[0].set_ylabel("nats per datapoint")
+    axes[1].legend()
+    fig.tight_layout()
+    return fig

@@ -2,7 +2,8 @@
 
 A run folder holds ``config.json`` (data, model and training settings), ``history.csv``,
 ``checkpoint.pt`` (weights, optimizer and RNG states; loaded with ``weights_only=True``) and
-the figures ``elbo.png``, ``reconstructions.png`` and ``samples.png``. :func:`load_run` rebuilds
+the figures ``elbo.png``, ``reconstructions.png`` and ``samples.png`` (and for a
+:class:`~pyro_vae.mixture_vae.MixtureVAE` of images ``components.png``, samples per component). :func:`load_run` rebuilds
 the trained VAE and its held-out data from such a folder.
 """
 
@@ -19,6 +20,7 @@ from pyro_vae.data import binarize as _binarize
 from pyro_vae.data import train_test_split
 from pyro_vae.distributed import is_main_process
 from pyro_vae.training import fit
+from pyro_vae.mixture_vae import MixtureVAE
 from pyro_vae.vae import VAE
 
 __all__ = ["DEFAULT_CONFIG", "train_run", "load_run", "load_run_data", "resolve_likelihood"]
@@ -85,9 +87,30 @@ def resolve_likelihood(name, train_x, binarize):
     return "gaussian_feature"
 
 
+#: what ``config["model"]["kind"]`` can name; a configuration without the key describes a VAE
+MODEL_KINDS = ("vae", "mixture_vae")
+#: settings of a ``"mixture_vae"`` filled in when the configuration leaves them out
+MIXTURE_VAE_DEFAULTS = {"n_components": 10, "baseline": None}
+
+
+def _complete_model_config(config):
+    """Fill in the settings of the model kind the configuration names (in place)."""
+    m = config["model"]
+    kind = m.get("kind", "vae")
+    if kind not in MODEL_KINDS:
+        raise ValueError(f"unknown model kind {kind!r}; choose one of {list(MODEL_KINDS)}")
+    if kind == "mixture_vae":
+        for key, value in MIXTURE_VAE_DEFAULTS.items():
+            m.setdefault(key, value)
+
+
 def _build_vae(config, train_x):
     m = config["model"]
     likelihood = resolve_likelihood(m["likelihood"], train_x, config["data"].get("binarize"))
+    if m.get("kind", "vae") == "mixture_vae":
+        return MixtureVAE(train_x.shape[1], m["latent_dim"], m["n_components"], hidden=tuple(m["hidden"]),
+                          likelihood=likelihood, activation=m["activation"], baseline=m["baseline"],
+                          seed=config.get("seed"))
     return VAE(train_x.shape[1], m["latent_dim"], hidden=tuple(m["hidden"]), prior=m["prior"],
                likelihood=likelihood, activation=m["activation"], beta=m["beta"],
                seed=config.get("seed"), guide=m.get("guide", "diagonal"), num_flows=m.get("num_flows"),
@@ -116,6 +139,7 @@ def train_run(out_dir, config=None, *, resume=False, quiet=False, device=None):
     :returns: ``(vae, history)``.
     """
     config = _merge(DEFAULT_CONFIG, config)
+    _complete_model_config(config)
     _store_data_location(config["data"])
     main = is_main_process()  # under torchrun only rank 0 writes the run folder
     if main:
@@ -130,6 +154,8 @@ def train_run(out_dir, config=None, *, resume=False, quiet=False, device=None):
     train_x, test_x, shape = load_run_data(config["data"])
     fcfg = config["fit"]
     vae = _build_vae(config, train_x)
+    if isinstance(vae, MixtureVAE):
+        vae.unregister()  # a new module: not the tensors of an earlier one of the same name
     if main:
         storage.write_json(config_path, config)
     fcfg = dict(fcfg)
@@ -178,6 +204,9 @@ def write_run_figures(out_dir, vae, test_x, history, shape, seed=0):
         storage.save_figure(plots.plot_image_grid(vae.sample(100, seed=seed), shape, nrow=10,
                                                   title="samples (mean of p(x|z))"),
                             os.path.join(out_dir, "samples.png"))
+        if isinstance(vae, MixtureVAE):
+            storage.save_figure(plots.plot_component_samples(vae, shape, seed=seed),
+                                os.path.join(out_dir, "components.png"))
     else:
         rec = vae.reconstruct(test_x)
         storage.save_figure(plots.plot_samples_2d(test_x, rec, title="held-out data and reconstructions"),
@@ -217,6 +246,10 @@ def load_run(run_dir, device="cpu"):
     ck = storage.load_checkpoint(ck_path, map_location=device)
     best = ck.get("best") or {}
     # with early stopping the best weights, not the last ones, are the trained model
-    vae.load_state_dict(best["state"] if best.get("state") is not None else ck["model"])
+    state = best["state"] if best.get("state") is not None else ck["model"]
+    if isinstance(vae, MixtureVAE):  # trained as a pair of programs: tensors by param-store name
+        vae.load_store_state(state)
+    else:
+        vae.load_state_dict(state)
     vae.to(device).eval()
     return vae, config, test_x.to(device)

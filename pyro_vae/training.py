@@ -56,7 +56,7 @@ from pyro_vae.program_pair import BASELINE_STATE_PREFIX, ProgramPair, program_da
 from pyro_vae.vae import VAE, AmortizedGuide
 
 __all__ = ["fit", "OBJECTIVES", "LR_SCHEDULES", "HISTORY_COLUMNS", "DivergenceError", "evaluate_elbo",
-           "kl_weight", "adam"]
+           "kl_weight", "adam", "guide_for_objective"]
 
 log = logging.getLogger(__name__)
 
@@ -387,7 +387,12 @@ def fit(model, guide=None, data=None, *, epochs=10, batch_size=256, lr=1e-3, obj
 
     Two forms:
 
-    * ``fit(vae, data, ...)``: a :class:`~pyro_vae.VAE` (its parameters are updated in place);
+    * ``fit(vae, data, ...)``: a :class:`~pyro_vae.VAE` (its parameters are updated in place),
+      or any ``nn.Module`` with ``model`` and ``guide`` methods following the data-plate
+      convention, e.g. a :class:`~pyro_vae.mixture_vae.MixtureVAE`: then
+      ``fit(module.model, module.guide, data)`` with the data in the module's floating-point
+      type, checked against ``module.likelihood`` where it has one; for objectives other than
+      ``"enum"`` the guide's sites marked for enumeration are sampled without the mark;
     * ``fit(model, guide, data, ...)``: any pair of Pyro programs following the data-plate
       convention (:mod:`pyro_vae.program_pair`). ``data`` is a tensor, or a tuple of tensors
       with the same number of rows ``N`` (e.g. ``(x, y)`` for a conditional model): each
@@ -397,8 +402,9 @@ def fit(model, guide=None, data=None, *, epochs=10, batch_size=256, lr=1e-3, obj
       first run (found in Pyro's param store, moved to the training device); they stay there,
       trained, afterwards.
 
-    :param model: a :class:`~pyro_vae.VAE`, or a Pyro model.
-    :param guide: the Pyro guide (``fit(model, guide, data)``); for a VAE, the data.
+    :param model: a :class:`~pyro_vae.VAE`, a module with ``model`` and ``guide`` methods,
+        or a Pyro model.
+    :param guide: the Pyro guide (``fit(model, guide, data)``); for a VAE or a module, the data.
     :param data: training data: tensor or numpy array ``(N, ...)``, or a tuple of them.
     :param int epochs: total number of passes over ``data`` (when resuming, the total
         including the epochs already done).
@@ -437,6 +443,14 @@ def fit(model, guide=None, data=None, *, epochs=10, batch_size=256, lr=1e-3, obj
     :raises DivergenceError: the loss became NaN or infinite.
     """
     is_vae = isinstance(model, VAE)
+    holder = None
+    if not is_vae and _holds_programs(model) and not callable(guide):
+        # fit(module, data): the module's own model and guide (e.g. a MixtureVAE)
+        if guide is not None and data is not None:
+            raise ValueError(f"fit({type(model).__name__}, data) trains the module's own model and guide; to "
+                             "train its model with another guide call fit(module.model, guide, data)")
+        holder, data = model, (guide if guide is not None else data)
+        model, guide = holder.model, guide_for_objective(holder.guide, objective)
     if is_vae:
         if data is None and guide is not None and not callable(guide):
             guide, data = None, guide
@@ -449,7 +463,8 @@ def fit(model, guide=None, data=None, *, epochs=10, batch_size=256, lr=1e-3, obj
                             f"argument, got {type(model).__name__}")
         if guide is None or not callable(guide):
             raise TypeError(f"fit(model, guide, data) needs a guide program as second argument, got "
-                            f"{type(guide).__name__}; the short form fit(vae, data) is for a pyro_vae.VAE")
+                            f"{type(guide).__name__}; the short form fit(vae, data) is for a pyro_vae.VAE or a "
+                            "module with model and guide methods")
     if data is None:
         raise TypeError("fit needs training data: fit(vae, data) or fit(model, guide, data)")
     settings = _settings(locals(), is_vae)
@@ -472,7 +487,7 @@ def fit(model, guide=None, data=None, *, epochs=10, batch_size=256, lr=1e-3, obj
     # under torchrun: join the process group, one replica per process (see pyro_vae.data_parallel)
     device = resolve_device(device, default=None)
     if device is None:
-        device = model.device if is_vae else _data_device(data)
+        device = model.device if is_vae else _data_device(data) if holder is None else _module_device(holder)
     replicas = Replicas.setup(device)
     device = replicas.device
     pyro.set_rng_seed(seed)
@@ -490,6 +505,8 @@ def fit(model, guide=None, data=None, *, epochs=10, batch_size=256, lr=1e-3, obj
         data = program_data(data, "data", device)
         if val_data is not None:
             val_data = program_data(val_data, "val_data", device, like=data)
+        if holder is not None:
+            data, val_data = _module_data(holder, data, val_data, binarize)
         if binarize and (data[0].min() < 0 or data[0].max() > 1):
             raise ValueError("dynamic binarization needs data in [0, 1]; scale it first (pixel values: "
                              "divide by 255)")
@@ -542,6 +559,45 @@ def _settings(args, is_vae):
     if is_vae and mpn is not None and mpn != 1:
         raise ValueError("a VAE has one plate (max_plate_nesting=1); leave max_plate_nesting out")
     return settings
+
+
+def _holds_programs(obj):
+    """A module with ``model`` and ``guide`` methods, the short form ``fit(module, data)``."""
+    return (isinstance(obj, torch.nn.Module) and callable(getattr(obj, "model", None))
+            and callable(getattr(obj, "guide", None)))
+
+
+def guide_for_objective(guide, objective):
+    """The guide as an objective uses it: every objective but ``"enum"`` samples the sites
+    marked ``infer={"enumerate": ...}``, so for them the marks are dropped (Pyro's Trace_ELBO
+    and TraceGraph_ELBO would warn about them).
+
+    :param callable guide: a Pyro guide.
+    :param str objective: the objective's name (:data:`OBJECTIVES`).
+    :returns: ``guide`` itself for ``"enum"``, else the guide without enumeration marks.
+    """
+    if objective == "enum":
+        return guide
+    return pyro.poutine.infer_config(guide, lambda msg: {"enumerate": None} if msg["infer"].get("enumerate") else {})
+
+
+def _module_device(module):
+    return next(iter(module.parameters()), torch.empty(0)).device
+
+
+def _module_data(module, data, val_data, binarize):
+    """The data of ``fit(module, data)`` in the module's floating-point type, checked against
+    its likelihood's support when it has one."""
+    dtype = next((p.dtype for p in module.parameters() if p.is_floating_point()), None)
+    if dtype is not None:
+        data = (data[0].to(dtype),) + data[1:]
+        if val_data is not None:
+            val_data = (val_data[0].to(dtype),) + val_data[1:]
+    if callable(getattr(getattr(module, "likelihood", None), "validate_data", None)):
+        _check_support(module, data[0], binarize, "data")
+        if val_data is not None:
+            module.likelihood.validate_data(val_data[0])
+    return data, val_data
 
 
 def _data_device(data):

@@ -20,10 +20,10 @@ def test_adjusted_rand_index_matches_scikit_learn():
 
 
 def test_comparison_on_synthetic_mixture():
-    comp = run_comparison(None, n_components=3, n_samples=1200, epochs=8, num_samples=64, seed=0)
+    comp = run_comparison(None, n_components=3, n_samples=1200, epochs=8, num_samples=64, seed=0, svi_epochs=20)
     t = comp.table
     assert list(t.columns) == COLUMNS
-    assert t["method"].tolist() == ["em", "vae_normal", "vae_mixture", "oracle"]
+    assert t["method"].tolist() == ["em", "gmm_svi", "vae_normal", "vae_mixture", "mixture_vae", "oracle"]
     rows = t.set_index("method")
     # EM: exact posterior, so ELBO == log-likelihood and the gap is zero
     assert rows.loc["em", "gap"] == pytest.approx(0.0, abs=1e-6)
@@ -37,17 +37,31 @@ def test_comparison_on_synthetic_mixture():
     # well-separated clusters: EM finds them
     assert rows.loc["em", "ari"] > 0.9 and rows.loc["oracle", "ari"] > 0.9
     # VAEs: importance-sampled log p(x) is above their ELBO (a positive gap)
-    for m in ("vae_normal", "vae_mixture"):
+    for m in ("vae_normal", "vae_mixture", "mixture_vae"):
         assert rows.loc[m, "gap"] > 0
         assert rows.loc[m, "heldout_log_likelihood_se"] > 0
         assert rows.loc[m, "iterations"] == 8
     assert math.isnan(rows.loc["vae_normal", "ari"])
+    # gmm_svi: the same model as EM, scored exactly; its gap is the KL to the exact posterior
+    svi, x = comp.svi, comp.test_x
+    assert rows.loc["gmm_svi", "heldout_log_likelihood"] == pytest.approx(svi.score(x), rel=1e-6)  # float32
+    q, p = svi.predict_proba(x).double(), svi.posterior_proba(x).double()
+    kl = (q * (q.log() - p.clamp_min(1e-300).log())).sum(1)
+    assert rows.loc["gmm_svi", "gap"] == pytest.approx(float(kl.mean()), abs=1e-5)
+    assert rows.loc["gmm_svi", "heldout_elbo"] == pytest.approx(
+        rows.loc["gmm_svi", "heldout_log_likelihood"] - rows.loc["gmm_svi", "gap"], abs=1e-5)
+    assert rows.loc["gmm_svi", "iterations"] == 20 and rows.loc["gmm_svi", "ari"] > 0.9
+    # the columns that split inference from model
+    assert rows.loc["gmm_svi", "family"] == rows.loc["em", "family"] == "gaussian_mixture"
+    assert rows.loc["gmm_svi", "inference"] == rows.loc["vae_normal", "inference"] != rows.loc["em", "inference"]
+    assert rows.loc["vae_normal", "vs_em"] == pytest.approx(
+        rows.loc["vae_normal", "heldout_log_likelihood"] - rows.loc["em", "heldout_log_likelihood"], abs=1e-12)
 
 
 def test_compare_accepts_user_arrays_without_labels():
     g = torch.Generator().manual_seed(0)
     x = torch.cat([torch.randn(150, 3, generator=g), torch.randn(150, 3, generator=g) + 6])
-    t = compare_vae_em(x.numpy(), n_components=2, epochs=2, num_samples=16, seed=0)
+    t = compare_vae_em(x.numpy(), n_components=2, epochs=2, num_samples=16, seed=0, svi_epochs=2)
     assert "oracle" not in t["method"].tolist()
     assert t["ari"].isna().all()
 
@@ -57,9 +71,10 @@ def test_compare_command_writes_table_and_plots(tmp_path, capsys):
     assert main(["compare", "--n-samples", "600", "--epochs", "3", "--num-samples", "16",
                  "--out", str(out), "--json"]) == 0
     result = json.loads(capsys.readouterr().out)
-    assert [r["method"] for r in result["table"]] == ["em", "vae_normal", "vae_mixture", "oracle"]
+    assert [r["method"] for r in result["table"]] == ["em", "gmm_svi", "vae_normal", "vae_mixture", "mixture_vae",
+                                                      "oracle"]
     for name in ("comparison.csv", "mixture_fit.png", "vae_samples.png", "heldout_log_likelihood.png",
-                 "training.png"):
+                 "training.png", "costs.png"):
         assert (out / name).stat().st_size > 0, name
 
 
@@ -74,7 +89,7 @@ def test_compare_bad_input_exit_2(tmp_path, capsys):
 def test_em_reaches_the_oracle_on_the_demo_data():
     """The README's claim about `pyro-vae demo`: EM's held-out log-likelihood is within 0.02 nats
     per point of the generating mixture's (the VAEs are trained for one epoch only here)."""
-    t = run_comparison(epochs=1, num_samples=4, seed=0).table.set_index("method")
+    t = run_comparison(epochs=1, num_samples=4, seed=0, svi_epochs=1, mixture_vae=False).table.set_index("method")
     diff = t.loc["oracle", "heldout_log_likelihood"] - t.loc["em", "heldout_log_likelihood"]
     assert 0 <= diff < 0.02
     assert t.loc["em", "iterations"] > 3  # the demo's initialization leaves EM real work to do

@@ -73,3 +73,30 @@ def test_train_data_seed_option_is_stored(tmp_path, capsys):
     assert config["data"]["seed"] == 5 and config["data"]["split_seed"] == 0
     _, _, test_x = load_run(str(out))
     assert torch.equal(test_x, load_split("synthetic", seed=5, split_seed=0).test_x)
+
+
+def test_train_a_mixture_vae_writes_a_run_folder_that_loads_and_evaluates(tmp_path, capsys):
+    x = (torch.rand(80, 36, generator=torch.Generator().manual_seed(0)) > 0.6).float()
+    torch.save(x, tmp_path / "x.pt")
+    out = tmp_path / "m"
+    assert main(["train", "--data", str(tmp_path / "x.pt"), "--model", "mixture_vae", "--components", "3",
+                 "--latent-dim", "2", "--hidden", "8", "--epochs", "2", "--batch-size", "32", "--out",
+                 str(out), "--quiet"]) == 0
+    capsys.readouterr()
+    config = json.loads((out / "config.json").read_text())
+    assert config["model"]["kind"] == "mixture_vae" and config["model"]["n_components"] == 3
+    assert config["model"]["baseline"] is None and config["fit"]["objective"] == "enum"
+    assert (out / "samples.png").exists() and not (out / "components.png").exists()  # not images
+    model, _, test_x = load_run(str(out))
+    trained = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
+    assert torch.equal(model.prior.means, trained["mixture_vae$$$prior.means"])
+    assert model.n_components == 3 and model.predict(test_x).shape == (test_x.shape[0],)
+    assert main(["evaluate", str(out), "--num-samples", "8", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_datapoints"] == test_x.shape[0]
+    assert main(["evaluate", str(out), "--gaps"]) == 2
+    assert "--gaps" in capsys.readouterr().err
+    # VAE options do not apply to it, and its options not to a VAE
+    assert main(["train", "--data", "synthetic", "--model", "mixture_vae", "--prior", "vamp",
+                 "--out", str(tmp_path / "n")]) == 2
+    assert main(["train", "--data", "synthetic", "--components", "3", "--out", str(tmp_path / "n")]) == 2
+    assert "--components belongs to --model mixture_vae" in capsys.readouterr().err

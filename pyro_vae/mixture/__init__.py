@@ -6,12 +6,15 @@
   the centered and gram computations of the E and M steps, collapse detection;
 * :mod:`~pyro_vae.mixture.sources` -- input conversion and the rows EM passes over, in memory or
   in chunks (and over processes);
-* :mod:`~pyro_vae.mixture.initialization` -- k-means++, Lloyd's k-means and random initializations.
+* :mod:`~pyro_vae.mixture.initialization` -- k-means++, Lloyd's k-means and random initializations;
+* :mod:`~pyro_vae.mixture.svi` -- :class:`GaussianMixtureSVI`, the same mixture fitted by SVI
+  with an amortized q(z|x) (exact sum over the component, or score function with a baseline).
 """
 
 from pyro_vae.mixture.estimator import ALGORITHMS, ConvergenceWarning, GaussianMixture, NotFittedError
 from pyro_vae.mixture.gaussian import COVARIANCE_TYPES
 from pyro_vae.mixture.initialization import INIT_METHODS
+from pyro_vae.mixture.svi import GaussianMixtureSVI
 
 __all__ = ["GaussianMixture", "ConvergenceWarning", "NotFittedError", "COVARIANCE_TYPES",
-           "INIT_METHODS", "ALGORITHMS"]
+           "INIT_METHODS", "ALGORITHMS", "GaussianMixtureSVI"]
