@@ -252,3 +252,13 @@ def test_an_unusable_out_is_refused_before_training(tmp_path):
     (tmp_path / "file").write_text("x")
     with pytest.raises(NotADirectoryError, match="is an existing file"):
         train_run(str(tmp_path / "file"), _tiny(), quiet=True)
+
+
+def test_one_feature_data_train_and_draw_histograms(tmp_path):
+    np.savetxt(tmp_path / "one.csv", np.random.default_rng(0).normal(size=(80, 1)), delimiter=",")
+    out = tmp_path / "run"
+    train_run(str(out), {**TINY, "data": {"source": str(tmp_path / "one.csv"), "binarize": False}}, quiet=True)
+    for name in ("elbo.png", "reconstructions.png", "samples.png"):
+        assert (out / name).stat().st_size > 1000, name
+    vae, _, test_x = load_run(str(out))
+    assert vae.data_dim == 1 and test_x.shape[1] == 1
