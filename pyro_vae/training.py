@@ -316,7 +316,7 @@ class _Trainer:
         pair.train(False)
         val = math.nan
         if self.val_data is not None:
-            val = self.replicas.from_main(lambda: pair.evaluate(self.val_data))
+            val = self.replicas.from_main(lambda: pair.evaluate(self.val_data), "the held-out ELBO")
             if not math.isfinite(val):
                 raise self._diverged("the held-out ELBO", val, None)
         self.epoch += 1
