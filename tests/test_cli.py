@@ -6,6 +6,7 @@ import pytest
 import torch
 
 from pyro_vae.cli import main
+from pyro_vae.data import load_split
 from pyro_vae.runs import load_run
 
 
@@ -201,3 +202,32 @@ def test_an_unexpected_error_keeps_its_traceback(monkeypatch):
     monkeypatch.setattr(pyro_vae.runs, "train_run", bug)
     with pytest.raises(KeyError, match="a bug"):
         main(["train"])
+
+
+def test_compare_command_writes_table_and_plots(tmp_path, capsys):
+    out = tmp_path / "cmp"
+    assert main(["compare", "--n-samples", "600", "--epochs", "3", "--num-samples", "16",
+                 "--out", str(out), "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    assert [r["method"] for r in result["table"]] == ["em", "vae_normal", "vae_mixture", "oracle"]
+    for name in ("comparison.csv", "mixture_fit.png", "vae_samples.png", "heldout_log_likelihood.png",
+                 "training.png"):
+        assert (out / name).stat().st_size > 0, name
+
+
+def test_compare_bad_input_exit_2(tmp_path, capsys):
+    bad = tmp_path / "bad.csv"
+    bad.write_text("a,b\n1,x\n2,y\n")
+    assert main(["compare", "--data", str(bad), "--out", str(tmp_path / "o")]) == 2
+    err = capsys.readouterr().err
+    assert len(err.strip().splitlines()) == 1
+
+
+def test_train_data_seed_option_is_stored(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--data", "synthetic", "--data-seed", "5", "--latent-dim", "1", "--hidden", "4",
+                 "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    config = json.loads((out / "config.json").read_text())
+    assert config["data"]["seed"] == 5 and config["data"]["split_seed"] == 0
+    _, _, test_x = load_run(str(out))
+    assert torch.equal(test_x, load_split("synthetic", seed=5, split_seed=0).test_x)

@@ -66,16 +66,6 @@ def test_synthetic_data_have_their_own_seed(tmp_path):
                                           split_seed=4).test_x)
 
 
-def test_train_data_seed_option_is_stored(tmp_path, capsys):
-    out = tmp_path / "r"
-    assert main(["train", "--data", "synthetic", "--data-seed", "5", "--latent-dim", "1", "--hidden", "4",
-                 "--epochs", "1", "--out", str(out), "--quiet"]) == 0
-    config = json.loads((out / "config.json").read_text())
-    assert config["data"]["seed"] == 5 and config["data"]["split_seed"] == 0
-    _, _, test_x = load_run(str(out))
-    assert torch.equal(test_x, load_split("synthetic", seed=5, split_seed=0).test_x)
-
-
 # ------------------------------------------------------------------ one run per folder
 SYN = {"source": "synthetic", "n_samples": 120, "test_fraction": 0.25, "binarize": False}
 
