@@ -38,8 +38,15 @@ def guide(x):
         pyro.sample("z", dist.Normal(loc, 0.8).to_event(1))
 
 
+def make_data(n=200, seed=0):
+    """``n`` draws of x from the linear-Gaussian model, from ``seed``."""
+    gen = torch.Generator().manual_seed(seed)
+    z = torch.randn(n, L, generator=gen)
+    return z @ W.T + B + SIGMA * torch.randn(n, D, generator=gen)
+
+
 def main(quick=False):
-    x = torch.distributions.MultivariateNormal(B, W @ W.T + SIGMA**2 * torch.eye(D)).sample((200,))
+    x = make_data()
     exact = torch.distributions.MultivariateNormal(B, W @ W.T + SIGMA**2 * torch.eye(D)).log_prob(x).mean()
     print(f"linear-Gaussian model: exact log p(x) = {exact:.4f} nats per point")
     for k in (1, 10, 100) if quick else (1, 10, 100, 1000, 10000):

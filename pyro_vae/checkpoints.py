@@ -15,7 +15,9 @@ A checkpoint holds only tensors, numbers, strings, lists and dicts, so that it l
   with early stopping, the tensors of that epoch;
 * ``settings``: the settings of the run (an exact resume needs the same ones; only the number of
   epochs may change); ``objective_state``: state the objective keeps between steps (the
-  decaying-average baselines of ``tracegraph``).
+  decaying-average baselines of ``tracegraph``);
+* ``tag`` (optional): a string the caller ties the checkpoint to (e.g. a hash of the run's
+  configuration); a resume with another tag is refused.
 
 :func:`restore` checks everything -- structure, names, shapes, optimizer state, generator
 states, settings -- before it changes anything, and refuses a file that does not fit with one
@@ -29,7 +31,7 @@ import torch
 
 from pyro_vae import storage
 
-__all__ = ["FORMAT", "make_checkpoint", "write_checkpoint", "restore"]
+__all__ = ["FORMAT", "make_checkpoint", "write_checkpoint", "restore", "trained_state"]
 
 #: identifies a training checkpoint of this package
 FORMAT = "pyro-vae-checkpoint-1"
@@ -37,7 +39,7 @@ _REQUIRED = ("epoch", "model", "optimizer", "rng", "history", "best")
 
 
 def make_checkpoint(*, epoch, named, optimizer, scheduler, generator, device, history_columns, rows,
-                    best, settings, objective_state=None):
+                    best, settings, objective_state=None, tag=None):
     """The checkpoint of a run after ``epoch`` epochs.
 
     :param int epoch: epochs done.
@@ -51,12 +53,13 @@ def make_checkpoint(*, epoch, named, optimizer, scheduler, generator, device, hi
     :param dict best: ``{"elbo": float, "epoch": int, "state": dict or None}``.
     :param dict settings: the run's settings (numbers, strings, booleans, ``None``).
     :param dict objective_state: tensors the objective keeps between steps, by name.
+    :param str tag: stored as ``tag`` when given.
     :returns: dict.
     """
     rng = {"torch": torch.get_rng_state(), "gen": generator.get_state()}
     if device.type == "cuda":
         rng["cuda"] = torch.cuda.get_rng_state(device)
-    return {
+    out = {
         "format": FORMAT,
         "epoch": int(epoch),
         "model": {name: t.detach() for name, t in named.items()},
@@ -69,6 +72,9 @@ def make_checkpoint(*, epoch, named, optimizer, scheduler, generator, device, hi
         "settings": dict(settings),
         "objective_state": dict(objective_state or {}),
     }
+    if tag is not None:
+        out["tag"] = str(tag)
+    return out
 
 
 def write_checkpoint(path, state):
@@ -76,7 +82,7 @@ def write_checkpoint(path, state):
     storage.save_checkpoint(path, state)
 
 
-def restore(ck, path, *, named, optimizer, scheduler, generator, device, history_columns, settings):
+def restore(ck, path, *, named, optimizer, scheduler, generator, device, history_columns, settings, tag=None):
     """Check a loaded checkpoint against this run, then put its state in place.
 
     Nothing is changed unless every part of the checkpoint fits: the tensors (same names, same
@@ -92,21 +98,15 @@ def restore(ck, path, *, named, optimizer, scheduler, generator, device, history
     :param torch.device device: the training device.
     :param tuple history_columns: the columns of the history.
     :param dict settings: this run's settings.
+    :param str tag: when given, a checkpoint with another ``tag`` is refused (one without a tag,
+        written before tags existed, is accepted).
     :returns: ``(epoch, rows, best, objective_state)``: epochs done, history rows (dicts), the
         best-epoch record and the objective's state (tensors by name).
     :raises ValueError: the checkpoint does not fit this run; the message says what differs.
     """
     where = f"checkpoint {path}"
-    if not isinstance(ck, dict):
-        raise ValueError(f"{where} is not a pyro-vae training checkpoint: it holds a {type(ck).__name__}, "
-                         "not a dict; pass a file written by fit(checkpoint=...) or start a new run")
-    if ck.get("format") != FORMAT:
-        raise ValueError(f"{where} is not a pyro-vae training checkpoint (format {ck.get('format')!r}, "
-                         f"expected {FORMAT!r}); pass a file written by fit(checkpoint=...)")
-    missing = [k for k in _REQUIRED if k not in ck]
-    if missing:
-        raise ValueError(f"{where} lacks {', '.join(repr(k) for k in missing)}: it is incomplete or was "
-                         "not written by fit(checkpoint=...); start a new run")
+    _check_format(ck, where)
+    _check_tag(ck, tag, where)
     epoch = ck["epoch"]
     if isinstance(epoch, bool) or not isinstance(epoch, numbers.Integral) or epoch < 0:
         raise ValueError(f"{where} has a bad epoch count {epoch!r}")
@@ -144,7 +144,49 @@ def restore(ck, path, *, named, optimizer, scheduler, generator, device, history
     return epoch, rows, best, dict(objective_state)
 
 
+def trained_state(ck, path, *, named, tag=None):
+    """The trained tensors of a loaded checkpoint, checked against a model, to load into it.
+
+    With early stopping the best epoch's tensors are the trained model, otherwise the last ones.
+
+    :param ck: what :func:`pyro_vae.storage.load_checkpoint` returned.
+    :param str path: the file, for messages.
+    :param dict named: the model's tensors by name (e.g. ``vae.state_dict()``); not changed.
+    :param str tag: when given, a checkpoint with another ``tag`` is refused (one without a tag
+        is accepted).
+    :returns: dict ``name -> tensor``.
+    :raises ValueError: the checkpoint is not a training checkpoint or does not fit the model.
+    """
+    where = f"checkpoint {path}"
+    _check_format(ck, where)
+    _check_tag(ck, tag, where)
+    _check_tensors(ck["model"], named, where, "model")
+    best = _check_best(ck["best"], named, where)
+    return best["state"] if best["state"] is not None else ck["model"]
+
+
 # --------------------------------------------------------------------------- checks
+def _check_format(ck, where):
+    if not isinstance(ck, dict):
+        raise ValueError(f"{where} is not a pyro-vae training checkpoint: it holds a {type(ck).__name__}, "
+                         "not a dict; pass a file written by fit(checkpoint=...) or start a new run")
+    if ck.get("format") != FORMAT:
+        raise ValueError(f"{where} is not a pyro-vae training checkpoint (format {ck.get('format')!r}, "
+                         f"expected {FORMAT!r}); pass a file written by fit(checkpoint=...)")
+    missing = [k for k in _REQUIRED if k not in ck]
+    if missing:
+        raise ValueError(f"{where} lacks {', '.join(repr(k) for k in missing)}: it is incomplete or was "
+                         "not written by fit(checkpoint=...); start a new run")
+
+
+def _check_tag(ck, tag, where):
+    stored = ck.get("tag")
+    if tag is not None and stored is not None and stored != tag:
+        raise ValueError(f"{where} was written under another configuration (tag {stored!r}, expected "
+                         f"{tag!r}); it belongs to another run: train again into a new folder, or "
+                         "clear this one (--overwrite)")
+
+
 def _shape(t):
     return tuple(t.shape)
 

@@ -8,6 +8,7 @@ exit code 2.
 import argparse
 import json
 import logging
+import re
 import sys
 
 __all__ = ["main", "build_parser"]
@@ -81,7 +82,11 @@ def _add_train(sub):
     p.add_argument("--seed", type=int)
     p.add_argument("--device", default=None, help="cpu, cuda or auto (default cpu)")
     p.add_argument("--out", default="runs/train", help="run folder (default runs/train)")
-    p.add_argument("--resume", action="store_true", help="continue from the run folder's checkpoint")
+    p.add_argument("--resume", action="store_true",
+                   help="continue the run in --out from its checkpoint (the settings must be the stored "
+                   "ones; --epochs may grow)")
+    p.add_argument("--overwrite", action="store_true",
+                   help="delete the run in --out first (a folder holding other files is refused)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.add_argument("--json", action="store_true", help="print one JSON object with the results")
     p.set_defaults(func=_cmd_train)
@@ -148,8 +153,8 @@ def _mixture_vae_overrides(args, config):
 def _cmd_train(args):
     from pyro_vae.runs import train_run
 
-    vae, history = train_run(args.out, _train_overrides(args), resume=args.resume,
-                             quiet=args.quiet or args.json, device=_device(args.device))
+    vae, history = train_run(args.out, _train_overrides(args), resume=args.resume, overwrite=args.overwrite,
+                             quiet=args.quiet or args.json, device=args.device)
     from pyro_vae.distributed import is_main_process
 
     if not is_main_process():  # under torchrun, rank 0 reports
@@ -221,21 +226,15 @@ def _cmd_evaluate(args):
     from pyro_vae.importance import log_likelihood
     from pyro_vae.runs import load_run
 
-    for value, flag in ((args.num_samples, "--num-samples"), (args.gap_points, "--gap-points"),
-                        (args.particle_batch_size, "--particle-batch-size"),
-                        (args.num_steps, "--num-steps"), (args.num_chains, "--num-chains"),
-                        (args.num_leapfrog_steps, "--num-leapfrog-steps")):
-        if value is not None and value < 1:
-            raise UsageError(f"{flag} must be a positive integer, got {value}")
-    if args.gap_steps < 0:
-        raise UsageError(f"--gap-steps must be a non-negative integer, got {args.gap_steps}")
+    if args.gap_points < 1:  # an option of this command only (how many datapoints --gaps uses)
+        raise UsageError(f"--gap-points must be a positive integer, got {args.gap_points}")
     if args.method == "ais":
         for given, flag in ((args.gaps, "--gaps"), (args.particle_batch_size is not None,
                                                      "--particle-batch-size")):
             if given:
                 raise UsageError(f"{flag} belongs to importance sampling; use it with --method is")
-    device = _device(args.device)
-    vae, _, x = load_run(args.run_dir, device=device)
+    vae, _, x = load_run(args.run_dir, device=args.device)
+    device = vae.device
     _check_evaluate_model(args, vae)
     if args.data:
         from pyro_vae.data import load_data
@@ -354,33 +353,28 @@ def _add_em(sub):
 
 
 def _cmd_em(args):
+    from pyro_vae import storage
+
+    with storage.output_folder(args.out, "output folder"):  # usable before anything is computed
+        return _em(args)
+
+
+def _em(args):
     import os
     import warnings
 
     import torch
 
     from pyro_vae import storage
+    from pyro_vae.checks import resolve_device
     from pyro_vae.data import CsvChunks, load_data
     from pyro_vae.mixture import ConvergenceWarning, GaussianMixture
     from pyro_vae.mixture.sources import first_rows
 
-    for value, flag, low in ((args.components, "--components", 1), (args.n_init, "--n-init", 1),
-                             (args.max_iter, "--max-iter", 0), (args.seed, "--seed", 0)):
-        if value < low:
-            raise UsageError(f"{flag} must be an integer >= {low}, got {value}")
-    for value, flag in ((args.tol, "--tol"), (args.reg_covar, "--reg-covar")):
-        if not value >= 0 or value == float("inf"):
-            raise UsageError(f"{flag} must be a finite number >= 0, got {value}")
-    device = _device(args.device)
-
+    device = resolve_device(args.device)
     if args.chunk_rows is None:
         data = load_data(args.data, dtype=torch.float64, scale=None).x.to(device)
-        if data.shape[0] < args.components:
-            raise UsageError(f"--data has {data.shape[0]} rows but --components {args.components}; use "
-                             "at most as many components as rows")
     else:
-        if args.chunk_rows < 1:
-            raise UsageError(f"--chunk-rows must be an integer >= 1, got {args.chunk_rows}")
         if not args.data.lower().endswith(".csv"):
             raise UsageError("--chunk-rows reads CSV files; convert the data to CSV or leave "
                              "--chunk-rows out to load the whole file")
@@ -482,6 +476,13 @@ def _add_comparison_options(p, out_default):
 
 
 def _cmd_compare(args):
+    from pyro_vae import storage
+
+    with storage.output_folder(args.out, "output folder"):  # usable before anything is computed
+        return _compare(args)
+
+
+def _compare(args):
     from pyro_vae.compare import format_table, run_comparison, save_comparison
 
     data, labels = None, None
@@ -490,11 +491,9 @@ def _cmd_compare(args):
 
         loaded = load_data(args.data, label_column=args.label_column)
         data, labels = loaded.x, loaded.labels
-    if args.epochs < 1 or args.num_samples < 1:
-        raise UsageError("--epochs and --num-samples must be positive")
     comp = run_comparison(data, args.components, labels=labels, covariance_type=args.covariance,
                           epochs=args.epochs, num_samples=args.num_samples, seed=args.seed,
-                          n_samples=args.n_samples, dim=args.dim, device=_device(args.device),
+                          n_samples=args.n_samples, dim=args.dim, device=args.device,
                           quiet=args.quiet or args.json)
     paths = save_comparison(comp, args.out)
     if args.json:
@@ -522,22 +521,28 @@ def build_parser():
 
 
 
-def _device(text):
-    """The ``--device`` argument: ``None`` (the command's default), ``"auto"`` (CUDA when present)
-    or a torch device string; an unknown or absent device is a usage error."""
-    import torch
+# library argument names that differ from the option a user types, per command
+_FLAG_OF = {
+    "em": {"n_components": "--components", "covariance_type": "--covariance", "init_params": "--init",
+           "random_state": "--seed", "rows": "--chunk-rows"},
+    "evaluate": {"steps": "--gap-steps"},
+    "compare": {"n_components": "--components", "covariance_type": "--covariance"},
+    "demo": {"n_components": "--components", "covariance_type": "--covariance"},
+}
 
-    if text is None:
-        return None
-    if text == "auto":
-        return "cuda" if torch.cuda.is_available() else "cpu"
-    try:
-        device = torch.device(text)
-    except RuntimeError:
-        raise UsageError(f"--device {text!r} is not a device; use cpu, cuda, cuda:N or auto") from None
-    if device.type == "cuda" and not torch.cuda.is_available():
-        raise UsageError("--device cuda was asked for but CUDA is not available; use --device cpu")
-    return text
+
+def _as_flags(message, args):
+    """A library message that starts with an argument name (``num_samples must be ...``) starts
+    with the command-line option instead (``--num-samples must be ...``)."""
+    flags = {dest: "--" + dest.replace("_", "-") for dest in vars(args)
+             if dest not in ("func", "command", "run_dir", "verbose")}
+    flags.update(_FLAG_OF.get(args.command, {}))
+    first = re.match(r"[A-Za-z_]+", message)
+    if first is not None and first.group(0) in flags and message[len(first.group(0)):][:1] in (" ", "="):
+        message = flags[first.group(0)] + message[len(first.group(0)):]
+    # "n_components=5" inside the message reads "--components 5"
+    return re.sub(r"\b([a-z]+_[a-z_]+)=", lambda m: flags[m.group(1)] + " " if m.group(1) in flags else m.group(0),
+                  message)
 
 
 def _check_launch(command):
@@ -558,13 +563,20 @@ def main(argv=None):
         level=logging.DEBUG if args.verbose else logging.WARNING,
         format="%(levelname)s %(name)s: %(message)s",
     )
+    from pyro_vae.storage import FolderInUseError
+
     try:
         _check_launch(args.command)
+        if getattr(args, "device", None) is not None:
+            from pyro_vae.checks import resolve_device
+
+            resolve_device(args.device)  # refused before any work, whatever the command
         return args.func(args) or 0
-    except (UsageError, ValueError, TypeError, FileNotFoundError, IsADirectoryError,
-            PermissionError, NotADirectoryError, FloatingPointError) as e:  # incl. a diverged training
+    except (UsageError, ValueError, TypeError, FileNotFoundError, FileExistsError, IsADirectoryError,
+            PermissionError, NotADirectoryError, FloatingPointError,  # incl. a diverged training
+            FolderInUseError) as e:
         msg = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
-        sys.stderr.write(f"pyro-vae {args.command}: error: {msg}\n")
+        sys.stderr.write(f"pyro-vae {args.command}: error: {_as_flags(msg, args)}\n")
         return 2
     except KeyboardInterrupt:
         sys.stderr.write("pyro-vae: interrupted\n")

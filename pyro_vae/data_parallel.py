@@ -252,16 +252,18 @@ class Replicas:
                 f"{int(low[0])}..{int(high[0])}): every process must pass the same data and seed to fit()")
         self._checked = True
 
-    def from_main(self, fn):
+    def from_main(self, fn, what="a value computed on rank 0"):
         """Compute a float on rank 0 and give it to every process.
 
         :param callable fn: no arguments, returns a float; called on rank 0 only.
+        :param str what: what the value is, for the message of a failed broadcast
+            (e.g. ``"the held-out ELBO"``).
         :returns: the float.
         """
         if self.world_size == 1:
             return fn()
         value = torch.tensor([float(fn()) if self.is_main else 0.0], dtype=torch.float64, device=self.device)
-        return float(dist.broadcast(value, "broadcast of the held-out ELBO")[0])
+        return float(dist.broadcast(value, f"broadcast of {what}")[0])
 
     def load_checkpoint(self, path, device):
         """Read the checkpoint on rank 0 (if the file exists) and give it to every process.

@@ -13,15 +13,9 @@ import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
-__all__ = ["plot_history", "plot_image_grid", "plot_samples_2d", "image_shape", "plot_method_comparison",
+__all__ = ["plot_history", "plot_image_grid", "plot_samples_2d", "plot_method_comparison",
            "plot_training_curves", "plot_mixture_2d", "plot_component_samples",
            "plot_inference_and_model_costs"]
-
-
-def image_shape(data_dim):
-    """``(side, side)`` if ``data_dim`` is a perfect square larger than 16, else ``None``."""
-    side = int(round(math.sqrt(data_dim)))
-    return (side, side) if side * side == data_dim and side > 4 else None
 
 
 def plot_history(history, ax=None):
@@ -60,14 +54,25 @@ def plot_image_grid(images, shape, nrow=10, title=None):
 
 
 def plot_samples_2d(data, samples, ax=None, title="model samples against the data"):
-    """Scatter of the data and of samples from a model (first two coordinates).
+    """Scatter of the data and of samples from a model (first two coordinates); for 1-D data,
+    histograms (densities) of both on shared bins.
 
-    :param torch.Tensor data: shape ``(N, D)``, ``D >= 2``.
+    :param torch.Tensor data: shape ``(N, D)``.
     :param torch.Tensor samples: shape ``(M, D)``.
     """
     fig, ax = _figure(ax, (5, 5))
-    d = _numpy(data)
-    s = _numpy(samples)
+    d = _numpy(data).reshape(len(data), -1)
+    s = _numpy(samples).reshape(len(samples), -1)
+    if d.shape[1] == 1:
+        both = np.concatenate([d[:, 0], s[:, 0]])
+        bins = np.histogram_bin_edges(both[np.isfinite(both)], bins=min(50, max(10, len(d) // 10)))
+        ax.hist(d[:, 0], bins=bins, density=True, alpha=0.5, label="data", color="tab:blue")
+        ax.hist(s[:, 0], bins=bins, density=True, alpha=0.5, label="samples", color="tab:orange")
+        ax.set_xlabel("x")
+        ax.set_ylabel("density")
+        ax.set_title(title)
+        ax.legend()
+        return fig
     ax.scatter(d[:, 0], d[:, 1], s=4, alpha=0.4, label="data", color="tab:blue")
     ax.scatter(s[:, 0], s[:, 1], s=4, alpha=0.4, label="samples", color="tab:orange")
     ax.set_title(title)

@@ -8,13 +8,15 @@ the trained VAE and its held-out data from such a folder.
 """
 
 import copy
+import hashlib
 import json
 import logging
 import os
 
 import torch
 
-from pyro_vae import storage
+from pyro_vae import checkpoints, storage
+from pyro_vae.checks import check_bool, resolve_device
 from pyro_vae.data import DATASET_NAMES, MNIST_10K_TEST_SEED, SYNTHETIC, load_split, resolve_data_location
 from pyro_vae.data import binarize as _binarize
 from pyro_vae.data import train_test_split
@@ -23,7 +25,8 @@ from pyro_vae.training import fit
 from pyro_vae.mixture_vae import MixtureVAE
 from pyro_vae.vae import VAE
 
-__all__ = ["DEFAULT_CONFIG", "train_run", "load_run", "load_run_data", "resolve_likelihood"]
+__all__ = ["DEFAULT_CONFIG", "RUN_FILES", "train_run", "load_run", "load_run_data", "resolve_likelihood",
+           "read_config", "config_tag", "clear_run_folder", "write_run_figures"]
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +47,9 @@ DEFAULT_CONFIG = {
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
+#: the files a run folder may hold: what ``train`` and ``evaluate`` write, and the folder's lock
+RUN_FILES = (CONFIG_FILE, HISTORY_FILE, CHECKPOINT_FILE, "elbo.png", "reconstructions.png", "samples.png",
+             "log_likelihood.csv", "log_likelihood_ais.csv", "gaps.csv", storage.FolderLock.FILE)
 
 # data settings that are options of pyro_vae.data.load_split
 _SPLIT_OPTIONS = ("root", "download", "binarize", "test_fraction", "split_seed", "seed", "n_samples",
@@ -127,38 +133,61 @@ def _merge(base, override):
     return out
 
 
-def train_run(out_dir, config=None, *, resume=False, quiet=False, device=None):
+def train_run(out_dir, config=None, *, resume=False, overwrite=False, quiet=False, device=None):
     """Train a VAE as described by ``config`` and write the run folder ``out_dir``.
+
+    A run folder holds one run. A folder that already holds files of a run is refused unless
+    ``resume`` (continue it; the stored settings must match, only ``fit.epochs`` may grow) or
+    ``overwrite`` (delete its run files first; a folder with other files too is refused). The
+    folder is locked while training runs: a second writer gets
+    :class:`~pyro_vae.storage.FolderInUseError`. Every checkpoint carries a hash of the
+    configuration it was written under, which :func:`load_run` and a resume check.
 
     :param str out_dir: the run folder (created if needed).
     :param dict config: overrides of :data:`DEFAULT_CONFIG` (same nested layout).
     :param bool resume: continue from ``out_dir/checkpoint.pt`` if it exists; the stored
-        configuration must match.
+        configuration must match (``fit.epochs`` may be larger).
+    :param bool overwrite: clear the run files of ``out_dir`` first.
     :param bool quiet: no progress bar.
     :param device: device to train on (``None``: CPU, ``"auto"``: CUDA when present).
     :returns: ``(vae, history)``.
+    :raises ValueError: the folder holds another run, or the settings differ from the stored ones.
     """
-    config = _merge(DEFAULT_CONFIG, config)
+    check_bool(resume, "resume")
+    check_bool(overwrite, "overwrite")
+    if resume and overwrite:
+        raise ValueError("resume and overwrite exclude each other: --resume continues the run in the "
+                         "folder, --overwrite deletes it")
+    device = resolve_device(device, default=None)
+    # as config.json will hold it (lists, not tuples), so that comparisons and hashes agree
+    config = json.loads(json.dumps(_merge(DEFAULT_CONFIG, config), default=storage.json_default))
     _complete_model_config(config)
     _store_data_location(config["data"])
-    main = is_main_process()  # under torchrun only rank 0 writes the run folder
-    if main:
-        os.makedirs(out_dir, exist_ok=True)
-    config_path = os.path.join(out_dir, CONFIG_FILE)
-    if resume and os.path.exists(config_path):
-        with open(config_path, encoding="utf-8") as f:
-            stored = json.load(f)
-        if stored != json.loads(json.dumps(config)):
-            raise ValueError(f"--resume: the settings differ from the ones stored in {config_path}; "
-                             "use the same settings or a new --out folder")
+    if not is_main_process():  # under torchrun only rank 0 writes (and locks) the run folder
+        return _train(out_dir, config, resume, quiet, device, main=False)
+    with storage.output_folder(out_dir, "run folder"):
+        config_path = os.path.join(out_dir, CONFIG_FILE)
+        if overwrite:
+            clear_run_folder(out_dir)
+        elif resume and os.path.exists(config_path):
+            config = _resumed_config(config_path, config)
+        else:
+            present = _run_files(out_dir)
+            if present:
+                raise ValueError(f"run folder {out_dir} already holds a run ({', '.join(present)}); continue it "
+                                 "with --resume (resume=True), replace it with --overwrite (overwrite=True), "
+                                 "or choose another --out")
+        return _train(out_dir, config, resume, quiet, device, main=True)
+
+
+def _train(out_dir, config, resume, quiet, device, main):
     train_x, test_x, shape = load_run_data(config["data"])
-    fcfg = config["fit"]
     vae = _build_vae(config, train_x)
     if isinstance(vae, MixtureVAE):
         vae.unregister()  # a new module: not the tensors of an earlier one of the same name
     if main:
-        storage.write_json(config_path, config)
-    fcfg = dict(fcfg)
+        storage.write_json(os.path.join(out_dir, CONFIG_FILE), config)
+    fcfg = dict(config["fit"])
     if fcfg.get("lr_schedule") == "none":
         fcfg["lr_schedule"] = None
     val_x = test_x
@@ -172,11 +201,138 @@ def train_run(out_dir, config=None, *, resume=False, quiet=False, device=None):
         vae, train_x, val_data=val_x, binarize=bool(config["data"].get("binarize")),
         seed=config["seed"], device=device, resume=resume, quiet=quiet,
         checkpoint=os.path.join(out_dir, CHECKPOINT_FILE),
-        history_path=os.path.join(out_dir, HISTORY_FILE), **fcfg,
+        history_path=os.path.join(out_dir, HISTORY_FILE), checkpoint_tag=config_tag(config), **fcfg,
     )
     if main:
         write_run_figures(out_dir, vae, test_x, history, shape, seed=config["seed"])
     return vae, history
+
+
+def config_tag(config):
+    """The hash a run's checkpoints carry: SHA-256 of the canonical JSON of the configuration
+    without ``fit.epochs`` (which a resume may extend).
+
+    :param dict config: a full run configuration.
+    :returns: str.
+    """
+    canonical = copy.deepcopy(config)
+    canonical.get("fit", {}).pop("epochs", None)
+    text = json.dumps(canonical, sort_keys=True, default=storage.json_default)
+    return "config-sha256:" + hashlib.sha256(text.encode("utf-8")).hexdigest()[:16]
+
+
+def _run_files(folder):
+    """The files of ``folder`` a run writes (the lock file aside), sorted."""
+    return sorted(n for n in os.listdir(folder) if n in RUN_FILES and n != storage.FolderLock.FILE)
+
+
+def clear_run_folder(folder):
+    """Delete the files a run writes from ``folder``; refuse if it holds other files too.
+
+    :param str folder: a run folder.
+    :returns: list of the names deleted.
+    :raises ValueError: the folder holds files that no run writes (they are named, nothing is
+        deleted).
+    """
+    names = os.listdir(folder)
+    foreign = sorted(n for n in names if n not in RUN_FILES and not storage.is_temp_file_name(n))
+    if foreign:
+        shown = ", ".join(foreign[:5]) + (f" and {len(foreign) - 5} more" if len(foreign) > 5 else "")
+        raise ValueError(f"--overwrite: run folder {folder} also holds files that are not a run's ({shown}); "
+                         "nothing was deleted: move them away, or choose another --out")
+    removed = []
+    for name in _run_files(folder):
+        os.remove(os.path.join(folder, name))
+        removed.append(name)
+    return removed
+
+
+def _resumed_config(config_path, given):
+    """The configuration a resume continues: the stored one (keys added since it was written at
+    their defaults) with the given ``fit.epochs``; any other difference is refused by name."""
+    stored = read_config(config_path)
+    differ = []
+    for key, old, new in _leaves(stored, given):
+        if key == "fit.epochs" or _same_setting(key, old, new):
+            continue
+        differ.append(f"{key}: stored {old!r}, given {new!r}")
+    if differ:
+        raise ValueError(f"--resume: the settings differ from the ones stored in {config_path} "
+                         f"({'; '.join(differ)}); resume with the stored settings (only --epochs may "
+                         "change) or train into a new --out folder")
+    stored["fit"]["epochs"] = given["fit"]["epochs"]
+    return stored
+
+
+def _leaves(a, b, prefix=""):
+    for key in sorted(set(a) | set(b)):
+        x, y = a.get(key), b.get(key)
+        name = prefix + str(key)
+        if isinstance(x, dict) and isinstance(y, dict):
+            yield from _leaves(x, y, name + ".")
+        else:
+            yield name, x, y
+
+
+def _same_setting(key, old, new):
+    if old == new:
+        return True
+    if key in ("data.source", "data.root") and isinstance(old, str) and isinstance(new, str):
+        # the same file given by another path (relative, absolute, through a symlink)
+        try:
+            return os.path.samefile(old, new)
+        except OSError:
+            return False
+    return False
+
+
+def read_config(config_path):
+    """Read a run's ``config.json`` and check it, with the keys added since older versions at
+    their defaults.
+
+    :param str config_path: the file.
+    :returns: the full configuration (dict).
+    :raises ValueError: not JSON, or missing or malformed settings; the message names the key.
+    """
+    try:
+        with open(config_path, encoding="utf-8") as f:
+            config = json.load(f)
+    except json.JSONDecodeError as e:
+        raise ValueError(f"{config_path} is not valid JSON ({e}); restore it or train the run again") from None
+    except UnicodeDecodeError:
+        raise ValueError(f"{config_path} is not a text file; restore it or train the run again") from None
+    bad = None
+    if not isinstance(config, dict):
+        bad = f"it holds a {type(config).__name__}, not an object of settings"
+    else:
+        for section, keys in _REQUIRED_KEYS.items():
+            if not isinstance(config.get(section), dict):
+                bad = f"the section {section!r} is missing or not an object"
+                break
+            missing = [k for k in keys if k not in config[section]]
+            if missing:
+                bad = f"it lacks {', '.join(section + '.' + k for k in missing)}"
+                break
+    if bad is None:
+        if config["data"]["source"] == SYNTHETIC and "seed" not in config["data"]:
+            # written before data.seed existed: the synthetic data were drawn with split_seed
+            config["data"]["seed"] = config["data"].get("split_seed", 0)
+        config = _merge(DEFAULT_CONFIG, config)
+        _complete_model_config(config)
+        data, model = config["data"], config["model"]
+        if not isinstance(data["source"], str) or not data["source"]:
+            bad = f"data.source must be a dataset name or a file path, got {data['source']!r}"
+        elif not isinstance(model["hidden"], list) or not all(
+                isinstance(h, int) and not isinstance(h, bool) and h > 0 for h in model["hidden"]):
+            bad = f"model.hidden must be a list of positive layer sizes, got {model['hidden']!r}"
+    if bad is not None:
+        raise ValueError(f"{config_path}: {bad}; restore the file or train the run again")
+    return config
+
+
+# settings every config.json has had; the others take their defaults when missing
+_REQUIRED_KEYS = {"data": ("source",), "model": ("latent_dim", "hidden", "prior", "likelihood"),
+                  "fit": ("epochs", "batch_size", "lr")}
 
 
 def _store_data_location(data):
@@ -219,37 +375,40 @@ def load_run(run_dir, device="cpu"):
     """Rebuild a trained VAE from a run folder.
 
     :param str run_dir: folder written by :func:`train_run` / ``pyro-vae train``.
+    :param device: where the VAE and data go (``"cpu"``, ``"cuda"``, ``"auto"``).
     :returns: ``(vae, config, test_x)`` -- the VAE with the checkpoint's weights (eval mode),
         the run's configuration and its held-out data ``(M, D)``.
+    :raises ValueError: a damaged or mismatched config.json or checkpoint (the message names the
+        file and what is wrong).
     """
+    device = resolve_device(device)
+    run_dir = os.fspath(run_dir)
     config_path = os.path.join(run_dir, CONFIG_FILE)
     ck_path = os.path.join(run_dir, CHECKPOINT_FILE)
     if not os.path.isdir(run_dir):
         raise FileNotFoundError(f"run folder not found: {run_dir}")
+    if not os.access(run_dir, os.R_OK | os.X_OK):
+        raise PermissionError(f"run folder {run_dir} is not readable: permission denied; ask for read "
+                              f"permission (chmod u+rx {run_dir})")
     for p in (config_path, ck_path):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"{p} is missing; is {run_dir} a folder written by 'pyro-vae train'?")
-    with open(config_path, encoding="utf-8") as f:
-        try:
-            config = json.load(f)
-        except json.JSONDecodeError as e:
-            raise ValueError(f"{config_path} is not valid JSON: {e}") from None
-    data = config.get("data") if isinstance(config, dict) else None
-    source = data.get("source") if isinstance(data, dict) else None
-    if (isinstance(source, str) and source not in DATASET_NAMES + (SYNTHETIC,)
-            and not os.path.isabs(source) and not os.path.exists(source)):
+    config = read_config(config_path)
+    source = config["data"]["source"]
+    if source not in DATASET_NAMES + (SYNTHETIC,) and not os.path.isabs(source) and not os.path.exists(source):
         raise FileNotFoundError(f"{config_path} names the data {source!r} by a path relative to the "
                                 "folder training ran in; run from that folder, or write the data's "
                                 "absolute path into data.source in config.json")
     train_x, test_x, _ = load_run_data(config["data"])
-    vae = _build_vae(config, train_x)
+    try:
+        vae = _build_vae(config, train_x)
+    except (TypeError, ValueError) as e:
+        raise ValueError(f"{config_path}: {e}; restore the file or train the run again") from None
     ck = storage.load_checkpoint(ck_path, map_location=device)
-    best = ck.get("best") or {}
-    # with early stopping the best weights, not the last ones, are the trained model
-    state = best["state"] if best.get("state") is not None else ck["model"]
     if isinstance(vae, MixtureVAE):  # trained as a pair of programs: tensors by param-store name
-        vae.load_store_state(state)
+        named = {f"{vae.name}$$${k}": v for k, v in vae.state_dict().items()}
+        vae.load_store_state(checkpoints.trained_state(ck, ck_path, named=named, tag=config_tag(config)))
     else:
-        vae.load_state_dict(state)
+        vae.load_state_dict(checkpoints.trained_state(ck, ck_path, named=vae.state_dict(), tag=config_tag(config)))
     vae.to(device).eval()
     return vae, config, test_x.to(device)

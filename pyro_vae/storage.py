@@ -18,6 +18,9 @@ import torch
 __all__ = [
     "atomic_path",
     "remove_stale_temp_files",
+    "is_temp_file_name",
+    "check_output_folder",
+    "output_folder",
     "FolderLock",
     "FolderInUseError",
     "json_default",
@@ -62,6 +65,11 @@ def atomic_path(path):
         raise
 
 
+def is_temp_file_name(name):
+    """Whether a file name is one :func:`atomic_path` gives its temporary files."""
+    return bool(_TEMP_NAME.match(name))
+
+
 def remove_stale_temp_files(folder):
     """Delete the temporary files that writes into ``folder`` left behind when killed.
 
@@ -82,6 +90,53 @@ def remove_stale_temp_files(folder):
                 os.remove(path)
                 removed.append(path)
     return removed
+
+
+def check_output_folder(folder, what="output folder"):
+    """Make sure ``folder`` can receive files, before any work is done for it.
+
+    The folder is created if needed (with its parents).
+
+    :param str folder: the folder.
+    :param str what: how the folder is called in messages (e.g. ``"run folder"``).
+    :returns: the folder (a ``str``).
+    :raises NotADirectoryError: ``folder`` (or a parent) is an existing file.
+    :raises PermissionError: the folder cannot be created or written into.
+    """
+    folder = os.fspath(folder)
+    if os.path.exists(folder) and not os.path.isdir(folder):
+        raise NotADirectoryError(f"{what} {folder} is an existing file, not a folder; choose another "
+                                 "folder (--out)")
+    try:
+        os.makedirs(folder, exist_ok=True)
+    except (FileExistsError, NotADirectoryError):  # a parent is a file
+        raise NotADirectoryError(f"{what} {folder} cannot be created: a part of its path is a file; "
+                                 "choose another folder (--out)") from None
+    except PermissionError:
+        raise PermissionError(f"{what} {folder} cannot be created: permission denied; choose a folder you "
+                              "can write to (--out), or ask for write permission on its parent") from None
+    if not os.access(folder, os.W_OK | os.X_OK):
+        raise PermissionError(f"{what} {folder} is not writable: permission denied; choose a folder you can "
+                              f"write to (--out), or make it writable (chmod u+w {folder})")
+    return folder
+
+
+@contextlib.contextmanager
+def output_folder(folder, what="output folder"):
+    """Prepare ``folder`` for a writer and hold its lock while the block runs.
+
+    :func:`check_output_folder`, then the folder's :class:`FolderLock` (another writer gets
+    :class:`FolderInUseError` at once), then :func:`remove_stale_temp_files` of earlier writers
+    that were killed mid-write.
+
+    :param str folder: the folder (created if needed).
+    :param str what: how the folder is called in messages.
+    :yields: the folder (a ``str``).
+    """
+    folder = check_output_folder(folder, what)
+    with FolderLock(folder, what):
+        remove_stale_temp_files(folder)
+        yield folder
 
 
 class FolderInUseError(RuntimeError):

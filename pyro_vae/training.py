@@ -225,6 +225,7 @@ class _Trainer:
         self.data = data
         self.val_data = val_data
         self.settings = settings
+        self.tag = None  # stored in the checkpoints; a resume needs the same
         self.replicas = replicas
         self.device = replicas.device
         self.n = data[0].shape[0]
@@ -250,7 +251,7 @@ class _Trainer:
         self.epoch, self.rows, self.best, state = checkpoints.restore(
             ck, path, named=self.pair.named(), optimizer=self.optimizer, scheduler=self.scheduler,
             generator=self.gen, device=self.device, history_columns=HISTORY_COLUMNS,
-            settings=self.settings)
+            settings=self.settings, tag=self.tag)
         if isinstance(self.scheduler, torch.optim.lr_scheduler.CosineAnnealingLR):
             # more epochs than the run was written for: the decay now ends at the new last epoch
             self.scheduler.T_max = self.settings["epochs"]
@@ -269,7 +270,7 @@ class _Trainer:
         return checkpoints.make_checkpoint(
             epoch=self.epoch, named=self.pair.named(), optimizer=self.optimizer, scheduler=self.scheduler,
             generator=self.gen, device=self.device, history_columns=HISTORY_COLUMNS, rows=self.rows,
-            best=self.best, settings=self.settings, objective_state=objective_state)
+            best=self.best, settings=self.settings, objective_state=objective_state, tag=self.tag)
 
     def stopped_early(self):
         """Whether early stopping has ended the run (``patience`` epochs without a better ELBO)."""
@@ -315,7 +316,7 @@ class _Trainer:
         pair.train(False)
         val = math.nan
         if self.val_data is not None:
-            val = self.replicas.from_main(lambda: pair.evaluate(self.val_data))
+            val = self.replicas.from_main(lambda: pair.evaluate(self.val_data), "the held-out ELBO")
             if not math.isfinite(val):
                 raise self._diverged("the held-out ELBO", val, None)
         self.epoch += 1
@@ -382,7 +383,7 @@ class _Trainer:
 def fit(model, guide=None, data=None, *, epochs=10, batch_size=256, lr=1e-3, objective="trace",
         num_particles=1, vectorize_particles=True, max_plate_nesting=None, val_data=None,
         binarize=False, clip_norm=None, lr_schedule=None, lr_decay=0.99, kl_warmup=0, patience=None,
-        seed=0, device=None, checkpoint=None, resume=False, history_path=None, quiet=False):
+        seed=0, device=None, checkpoint=None, resume=False, history_path=None, quiet=False, checkpoint_tag=None):
     """Train by minibatch SVI and return the per-epoch history.
 
     Two forms:
@@ -437,6 +438,8 @@ def fit(model, guide=None, data=None, *, epochs=10, batch_size=256, lr=1e-3, obj
         by a run with the same settings (only ``epochs`` may differ).
     :param str history_path: CSV file the history is written to after every epoch.
     :param bool quiet: no progress bar (it is also off when stderr is not a terminal).
+    :param str checkpoint_tag: a string stored in every checkpoint (e.g. a hash of the
+        configuration of a run folder); a resume from a checkpoint with another tag is refused.
     :returns: :class:`pandas.DataFrame` with columns ``epoch, train_elbo, val_elbo, beta, lr,
         seconds`` (ELBOs in nats per datapoint; ``train_elbo`` is the running average of the
         training objective over the epoch, ``beta`` the KL weight at its last step).
@@ -518,6 +521,7 @@ def fit(model, guide=None, data=None, *, epochs=10, batch_size=256, lr=1e-3, obj
     settings["num_data"] = int(data[0].shape[0])
 
     trainer = _Trainer(pair, data, settings, replicas, val_data=val_data)
+    trainer.tag = None if checkpoint_tag is None else str(checkpoint_tag)
     if objective == "tracegraph":  # the decaying-average baselines start afresh
         store = pyro.get_param_store()
         for name in [k for k in store.keys() if k.startswith(BASELINE_STATE_PREFIX)]:

@@ -174,3 +174,16 @@ def test_single_process_replicas_compute_locally(monkeypatch):
 
     loss = rep.step(step, (torch.ones(4, 2),), 4, torch.Generator(), [param])
     assert loss == 2.0 and torch.equal(param.grad, torch.ones(2))
+
+
+def test_from_main_names_the_value_it_broadcasts(monkeypatch):
+    seen = []
+
+    def fake_broadcast(tensor, what="broadcast"):
+        seen.append(what)
+        return tensor
+
+    monkeypatch.setattr(DP.dist, "broadcast", fake_broadcast)
+    rep = DP.Replicas(0, 2, torch.device("cpu"))
+    assert rep.from_main(lambda: 2.5, "the test statistic") == 2.5
+    assert seen == ["broadcast of the test statistic"]

@@ -267,8 +267,8 @@ def test_pyro_vae_train_under_torchrun_writes_one_run_folder_and_resumes(tmp_pat
     assert proc2.returncode == 0, proc2.stderr[-3000:]
     reports = [json.loads(line) for line in proc2.stdout.splitlines() if line.startswith("{")]
     assert len(reports) == 1 and reports[0]["epochs"] == 2       # one report: rank 0's
-    assert sorted(os.listdir(run)) == ["checkpoint.pt", "config.json", "elbo.png", "history.csv",
-                                       "reconstructions.png", "samples.png"]
+    assert sorted(os.listdir(run)) == [".pyro-vae.lock", "checkpoint.pt", "config.json", "elbo.png",
+                                       "history.csv", "reconstructions.png", "samples.png"]
     # rank 1 never wrote a file; rank 0 wrote each file once
     r0, r1 = _load_rank(tmp_path, 0), _load_rank(tmp_path, 1)
     assert r1["writes"] == []

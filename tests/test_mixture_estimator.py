@@ -647,7 +647,7 @@ def test_cli_em_reads_a_csv_in_chunks(tmp_path, capsys):
     (None, [], "no file"),
     ("a,b\n1,x\n2,y\n3,z\n", [], "not numeric"),
     ("a,b\n1,2\n,3\n4,5\n", [], "missing values"),
-    ("a,b\n1,2\n3,4\n", ["--components", "5"], "rows but --components 5"),
+    ("a,b\n1,2\n3,4\n", ["--components", "5"], "2 samples but --components 5"),
     ("a,b\n1,2\n3,4\n", ["--components", "0"], "--components must be"),
     ("a,b\n1,2\n3,4\n", ["--device", "gpu"], "--device 'gpu' is not a device"),
 ])

@@ -2,6 +2,7 @@ import json
 import os
 
 import numpy as np
+import pandas as pd
 import pytest
 import torch
 
@@ -65,38 +66,189 @@ def test_synthetic_data_have_their_own_seed(tmp_path):
                                           split_seed=4).test_x)
 
 
-def test_train_data_seed_option_is_stored(tmp_path, capsys):
-    out = tmp_path / "r"
-    assert main(["train", "--data", "synthetic", "--data-seed", "5", "--latent-dim", "1", "--hidden", "4",
-                 "--epochs", "1", "--out", str(out), "--quiet"]) == 0
-    config = json.loads((out / "config.json").read_text())
-    assert config["data"]["seed"] == 5 and config["data"]["split_seed"] == 0
-    _, _, test_x = load_run(str(out))
-    assert torch.equal(test_x, load_split("synthetic", seed=5, split_seed=0).test_x)
+# ------------------------------------------------------------------ one run per folder
+SYN = {"source": "synthetic", "n_samples": 120, "test_fraction": 0.25, "binarize": False}
 
 
-def test_train_a_mixture_vae_writes_a_run_folder_that_loads_and_evaluates(tmp_path, capsys):
-    x = (torch.rand(80, 36, generator=torch.Generator().manual_seed(0)) > 0.6).float()
-    torch.save(x, tmp_path / "x.pt")
-    out = tmp_path / "m"
-    assert main(["train", "--data", str(tmp_path / "x.pt"), "--model", "mixture_vae", "--components", "3",
-                 "--latent-dim", "2", "--hidden", "8", "--epochs", "2", "--batch-size", "32", "--out",
-                 str(out), "--quiet"]) == 0
-    capsys.readouterr()
+def _tiny(**fit):
+    return {"data": dict(SYN), "model": dict(TINY["model"]), "fit": {**TINY["fit"], **fit}}
+
+
+def test_a_folder_holding_a_run_is_refused_without_resume_or_overwrite(tmp_path):
+    out = tmp_path / "run"
+    train_run(str(out), _tiny(), quiet=True)
+    before = {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()}
+    with pytest.raises(ValueError, match="already holds a run.*--resume.*--overwrite"):
+        train_run(str(out), _tiny(lr=0.01), quiet=True)
+    # nothing of the first run was touched, config.json included
+    assert {p.name: p.read_bytes() for p in out.iterdir() if p.is_file()} == before
+
+
+def test_overwrite_replaces_the_run_and_refuses_foreign_files(tmp_path):
+    out = tmp_path / "run"
+    train_run(str(out), _tiny(), quiet=True)
+    (out / "notes.txt").write_text("mine")
+    with pytest.raises(ValueError, match="notes.txt.*nothing was deleted"):
+        train_run(str(out), _tiny(lr=0.01), overwrite=True, quiet=True)
+    assert (out / "checkpoint.pt").exists() and (out / "notes.txt").read_text() == "mine"
+    (out / "notes.txt").unlink()
+    (out / "history.csv").write_text("stale")
+    train_run(str(out), _tiny(lr=0.01), overwrite=True, quiet=True)
+    assert json.loads((out / "config.json").read_text())["fit"]["lr"] == 0.01
+    assert pd.read_csv(out / "history.csv")["epoch"].tolist() == [1]
+
+
+def test_a_checkpoint_of_another_configuration_is_refused(tmp_path):
+    """An old checkpoint next to a new config.json (a folder mixing two runs) is never used."""
+    out = tmp_path / "run"
+    train_run(str(out), _tiny(), quiet=True)
     config = json.loads((out / "config.json").read_text())
-    assert config["model"]["kind"] == "mixture_vae" and config["model"]["n_components"] == 3
-    assert config["model"]["baseline"] is None and config["fit"]["objective"] == "enum"
-    assert (out / "samples.png").exists() and not (out / "components.png").exists()  # not images
-    model, _, test_x = load_run(str(out))
-    trained = torch.load(out / "checkpoint.pt", weights_only=True)["model"]
-    assert torch.equal(model.prior.means, trained["mixture_vae$$$prior.means"])
-    assert model.n_components == 3 and model.predict(test_x).shape == (test_x.shape[0],)
-    assert main(["evaluate", str(out), "--num-samples", "8", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["num_datapoints"] == test_x.shape[0]
-    assert main(["evaluate", str(out), "--gaps"]) == 2
-    assert "--gaps" in capsys.readouterr().err
-    # VAE options do not apply to it, and its options not to a VAE
-    assert main(["train", "--data", "synthetic", "--model", "mixture_vae", "--prior", "vamp",
-                 "--out", str(tmp_path / "n")]) == 2
-    assert main(["train", "--data", "synthetic", "--components", "3", "--out", str(tmp_path / "n")]) == 2
-    assert "--components belongs to --model mixture_vae" in capsys.readouterr().err
+    config["fit"]["lr"] = 0.01  # as a new run writing its config, killed before its first checkpoint
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="checkpoint.pt was written under another configuration"):
+        load_run(str(out))
+    with pytest.raises(ValueError, match="another configuration"):
+        train_run(str(out), _tiny(lr=0.01, epochs=2), resume=True, quiet=True)
+    # raising the number of epochs keeps the configuration's tag
+    config["fit"]["lr"], config["fit"]["epochs"] = TINY["fit"].get("lr", 2e-3), 5
+    (out / "config.json").write_text(json.dumps(config))
+    load_run(str(out))
+
+
+def test_a_second_writer_is_refused_while_the_folder_is_locked(tmp_path):
+    from pyro_vae.storage import FolderInUseError, FolderLock
+
+    out = tmp_path / "run"
+    with FolderLock(str(out)):
+        with pytest.raises(FolderInUseError, match="in use by another process"):
+            train_run(str(out), _tiny(), quiet=True)
+    assert not (out / "config.json").exists()
+    train_run(str(out), _tiny(), quiet=True)  # free again
+
+
+def test_a_run_removes_temporary_files_left_by_a_killed_write(tmp_path):
+    out = tmp_path / "run"
+    out.mkdir()
+    stale = out / ".checkpoint.pt.abcd1234.tmp.pt"
+    stale.write_bytes(b"")
+    train_run(str(out), _tiny(), quiet=True)
+    assert not stale.exists()
+
+
+def test_resume_names_the_setting_that_differs_and_allows_more_epochs(tmp_path):
+    out = tmp_path / "run"
+    train_run(str(out), _tiny(), quiet=True)
+    with pytest.raises(ValueError, match=r"fit\.lr: stored 0\.002, given 0\.01"):
+        train_run(str(out), _tiny(lr=0.01), resume=True, quiet=True)
+    with pytest.raises(ValueError, match=r"model\.latent_dim: stored 1, given 2"):
+        train_run(str(out), {**_tiny(), "model": {**TINY["model"], "latent_dim": 2}}, resume=True, quiet=True)
+    _, history = train_run(str(out), _tiny(epochs=2), resume=True, quiet=True)
+    assert history["epoch"].tolist() == [1, 2]
+    assert json.loads((out / "config.json").read_text())["fit"]["epochs"] == 2
+
+
+def test_resume_takes_the_same_file_by_another_path(tmp_path, monkeypatch):
+    monkeypatch.chdir(tmp_path)
+    np.savetxt(tmp_path / "points.csv", np.random.default_rng(0).normal(size=(60, 2)), delimiter=",")
+    os.symlink(tmp_path / "points.csv", tmp_path / "link.csv")
+    cfg = {**TINY, "data": {"source": "points.csv", "binarize": False}}
+    train_run("run", cfg, quiet=True)
+    for source in (str(tmp_path / "points.csv"), "link.csv"):
+        _, history = train_run("run", {**cfg, "data": {"source": source, "binarize": False}}, resume=True,
+                               quiet=True)
+        assert len(history) == 1
+
+
+def test_an_older_config_without_newer_keys_still_resumes(tmp_path):
+    out = tmp_path / "run"
+    train_run(str(out), _tiny(), quiet=True)
+    config = json.loads((out / "config.json").read_text())
+    for section, key in (("model", "guide"), ("model", "network"), ("model", "num_flows"), ("data", "seed")):
+        del config[section][key]  # keys a config.json of an earlier version does not have
+    (out / "config.json").write_text(json.dumps(config))
+    load_run(str(out))
+    _, history = train_run(str(out), _tiny(epochs=2), resume=True, quiet=True)
+    assert history["epoch"].tolist() == [1, 2]
+
+
+# ------------------------------------------------------------------ damaged run folders
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    out = tmp_path_factory.mktemp("trained") / "run"
+    train_run(str(out), _tiny(), quiet=True)
+    return out
+
+
+def _copy(trained, tmp_path):
+    import shutil
+
+    out = tmp_path / "copy"
+    shutil.copytree(trained, out)
+    return out
+
+
+@pytest.mark.parametrize("damage,needle", [
+    (lambda ck: torch.zeros(3), "holds a Tensor, not a dict"),
+    (lambda ck: {k: v for k, v in ck.items() if k != "model"}, "lacks 'model'"),
+    (lambda ck: {**ck, "model": {k: v for k, v in list(ck["model"].items())[1:]}}, "other parameters"),
+    (lambda ck: {**ck, "model": {k: v[..., :1] if v.dim() else v for k, v in ck["model"].items()}},
+     "another architecture|other parameters"),
+    (lambda ck: {**ck, "model": {**ck["model"], "extra.weight": torch.zeros(2)}}, "unexpected 'extra.weight'"),
+])
+def test_load_run_refuses_a_bad_checkpoint_with_one_value_error(trained, tmp_path, damage, needle):
+    out = _copy(trained, tmp_path)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    torch.save(damage(ck), out / "checkpoint.pt")
+    with pytest.raises(ValueError, match=needle):
+        load_run(str(out))
+
+
+def test_load_run_refuses_a_checkpoint_of_another_architecture(trained, tmp_path):
+    out = _copy(trained, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    config["model"]["hidden"] = [5]
+    (out / "config.json").write_text(json.dumps(config))
+    with pytest.raises(ValueError, match="another configuration|another architecture"):
+        load_run(str(out))
+
+
+@pytest.mark.parametrize("edit,needle", [
+    (lambda c: [1, 2], "holds a list"),
+    (lambda c: {**c, "model": None}, "'model' is missing or not an object"),
+    (lambda c: {**c, "model": {k: v for k, v in c["model"].items() if k != "latent_dim"}}, "lacks model.latent_dim"),
+    (lambda c: {**c, "model": {**c["model"], "hidden": None}}, "model.hidden must be a list"),
+    (lambda c: {**c, "model": {**c["model"], "latent_dim": "two"}}, "latent_dim"),
+    (lambda c: {**c, "data": {**c["data"], "source": None}}, "data.source"),
+])
+def test_load_run_refuses_a_bad_config_with_one_value_error(trained, tmp_path, edit, needle):
+    out = _copy(trained, tmp_path)
+    config = json.loads((out / "config.json").read_text())
+    (out / "config.json").write_text(json.dumps(edit(config)))
+    with pytest.raises(ValueError, match=needle) as e:
+        load_run(str(out))
+    assert "config.json" in str(e.value)
+
+
+def test_resume_refuses_a_bad_generator_state(trained, tmp_path):
+    out = _copy(trained, tmp_path)
+    ck = torch.load(out / "checkpoint.pt", weights_only=True)
+    ck["rng"]["torch"] = torch.zeros(3, dtype=torch.uint8)
+    torch.save(ck, out / "checkpoint.pt")
+    with pytest.raises(ValueError, match="'torch' generator state"):
+        train_run(str(out), _tiny(epochs=2), resume=True, quiet=True)
+
+
+def test_an_unusable_out_is_refused_before_training(tmp_path):
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is an existing file"):
+        train_run(str(tmp_path / "file"), _tiny(), quiet=True)
+
+
+def test_one_feature_data_train_and_draw_histograms(tmp_path):
+    np.savetxt(tmp_path / "one.csv", np.random.default_rng(0).normal(size=(80, 1)), delimiter=",")
+    out = tmp_path / "run"
+    train_run(str(out), {**TINY, "data": {"source": str(tmp_path / "one.csv"), "binarize": False}}, quiet=True)
+    for name in ("elbo.png", "reconstructions.png", "samples.png"):
+        assert (out / name).stat().st_size > 1000, name
+    vae, _, test_x = load_run(str(out))
+    assert vae.data_dim == 1 and test_x.shape[1] == 1

@@ -92,3 +92,42 @@ def test_folder_lock_refuses_a_second_writer_and_is_released(tmp_path):
             storage.FolderLock(tmp_path).acquire()
     with storage.FolderLock(tmp_path):  # released on exit
         pass
+
+
+def test_check_output_folder_refuses_a_file_and_a_read_only_folder(tmp_path):
+    (tmp_path / "f").write_text("x")
+    with pytest.raises(NotADirectoryError, match="is an existing file"):
+        storage.check_output_folder(tmp_path / "f")
+    with pytest.raises(NotADirectoryError, match="part of its path is a file"):
+        storage.check_output_folder(tmp_path / "f" / "sub")
+    assert storage.check_output_folder(tmp_path / "a" / "b") == str(tmp_path / "a" / "b")
+    assert (tmp_path / "a" / "b").is_dir()
+
+
+def test_check_output_folder_gives_permission_advice(tmp_path, monkeypatch):
+    # the operating system's answers are simulated: tests may run as root, who may write anywhere
+    monkeypatch.setattr(os, "access", lambda path, mode: False)
+    (tmp_path / "ro").mkdir()
+    with pytest.raises(PermissionError, match="not writable: permission denied.*chmod u\\+w"):
+        storage.check_output_folder(tmp_path / "ro")
+
+    def denied(path, exist_ok=False):
+        raise PermissionError(13, "Permission denied", path)
+
+    monkeypatch.setattr(os, "makedirs", denied)
+    with pytest.raises(PermissionError, match="cannot be created: permission denied"):
+        storage.check_output_folder(tmp_path / "ro" / "sub")
+
+
+def test_output_folder_locks_and_clears_stale_temp_files(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    (out / ".params.json.abcd1234.tmp.json").write_bytes(b"")
+    (out / "keep.tmp").write_text("not ours")
+    with storage.output_folder(out) as folder:
+        assert folder == str(out)
+        assert sorted(os.listdir(out)) == [storage.FolderLock.FILE, "keep.tmp"]
+        with pytest.raises(storage.FolderInUseError):
+            storage.FolderLock(out).acquire()
+    storage.FolderLock(out).acquire().release()
+    assert storage.is_temp_file_name(".a.csv.ABCD_123.tmp.csv") and not storage.is_temp_file_name("a.tmp")
