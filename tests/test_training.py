@@ -684,7 +684,7 @@ def test_bad_inputs_get_clear_errors():
     with pytest.raises(ValueError, match="beta must be finite"):
         fit(_vae(beta=math.inf), x)
     with pytest.raises(TypeError, match="guide program"):
-        fit(TutorialVAE(), x)               # not a pyro_vae.VAE: model, guide and data are needed
+        fit(TutorialVAE().model, x)         # a bare model program: model, guide and data are needed
     with pytest.raises(ValueError, match="another guide"):
         fit(_vae(), lg_guide, x)
 
