@@ -35,10 +35,12 @@ import numpy as np
 import pandas as pd
 import torch
 
+from pyro_vae.ais import ais_log_likelihood
+from pyro_vae.checks import check_choice, check_positive_int
 from pyro_vae.data import SYNTHETIC, MixtureData, load_split
+from pyro_vae.importance import log_likelihood
 from pyro_vae.mixture import GaussianMixture, GaussianMixtureSVI
 from pyro_vae.mixture_vae import MixtureVAE
-from pyro_vae.importance import log_likelihood
 from pyro_vae.training import fit
 from pyro_vae.vae import VAE
 
@@ -130,7 +132,7 @@ def run_comparison(data=None, n_components=3, *, labels=None, covariance_type="f
                    batch_size=128, lr=3e-3, num_samples=1000, em_init="random_from_data",
                    em_max_iter=500, em_n_init=1, seed=0, n_samples=4000, dim=2, separation=4.0, device=None, num_threads=1,
                    quiet=True, svi_epochs=40, svi_batch_size=512, svi_lr=0.03, svi_objective="enum",
-                   mixture_vae=True):
+                   mixture_vae=True, log_px_method="is", ais_steps=100, ais_chains=16):
     """Fit EM, the same mixture by SVI and three VAEs on the same data and score them on the
     same held-out part.
 
@@ -158,14 +160,27 @@ def run_comparison(data=None, n_components=3, *, labels=None, covariance_type="f
     :param float svi_lr: its learning rate.
     :param str svi_objective: its objective, ``"enum"`` or ``"tracegraph"``.
     :param bool mixture_vae: add the ``mixture_vae`` row (trained like the VAEs, ``enum``).
+    :param str log_px_method: held-out log p(x) of the VAE rows by ``"is"`` (importance sampling
+        with the encoder as proposal, ``num_samples`` samples) or ``"ais"``
+        (:func:`pyro_vae.ais.ais_log_likelihood` from the encoder, ``ais_steps`` steps,
+        ``ais_chains`` chains). The ``mixture_vae`` row, whose latent component is discrete, is
+        always estimated by importance sampling. The ELBO column is importance sampling's in
+        both cases.
+    :param int ais_steps: AIS annealing steps (with ``log_px_method="ais"``).
+    :param int ais_chains: AIS chains per point (with ``log_px_method="ais"``).
     :returns: :class:`Comparison`.
     """
+    log_px_method = check_choice(log_px_method, "log_px_method", ("is", "ais"))
+    ais = None
+    if log_px_method == "ais":
+        ais = {"num_steps": check_positive_int(ais_steps, "ais_steps"),
+               "num_chains": check_positive_int(ais_chains, "ais_chains")}
     with _torch_threads(num_threads):
         comp = _run(data, n_components, labels, covariance_type, test_fraction, latent_dim, hidden,
                     epochs, batch_size, lr, num_samples, em_init, em_max_iter, em_n_init, seed,
                     n_samples, dim, separation, device, quiet,
                     {"epochs": svi_epochs, "batch_size": svi_batch_size, "lr": svi_lr,
-                     "objective": svi_objective} if svi_epochs else None, mixture_vae)
+                     "objective": svi_objective} if svi_epochs else None, mixture_vae, ais)
     t = comp.table
     t["family"] = [METHOD_KINDS[m][0] for m in t["method"]]
     t["inference"] = [METHOD_KINDS[m][1] for m in t["method"]]
@@ -189,7 +204,7 @@ def _torch_threads(num_threads):
 
 def _run(data, n_components, labels, covariance_type, test_fraction, latent_dim, hidden, epochs,
          batch_size, lr, num_samples, em_init, em_max_iter, em_n_init, seed, n_samples, dim,
-         separation, device, quiet, svi=None, with_mixture_vae=True):
+         separation, device, quiet, svi=None, with_mixture_vae=True, ais=None):
     if not isinstance(n_components, int) or n_components < 1:
         raise ValueError(f"n_components must be a positive integer, got {n_components!r}")
     train_x, test_x, test_l, mixture = _prepare(data, labels, n_components, test_fraction, seed,
@@ -239,7 +254,13 @@ def _run(data, n_components, labels, covariance_type, test_fraction, latent_dim,
         seconds = time.perf_counter() - t0
         est = log_likelihood(vae.model, vae.guide, test_x.to(vae.device), num_samples=num_samples,
                              seed=seed)
-        lp = est.per_datapoint.double().cpu()
+        mc_stderr = est.mc_stderr
+        if ais is not None and name != "mixture_vae":
+            est_ais = ais_log_likelihood(vae.model, vae.guide, test_x.to(vae.device), seed=seed, progress=not quiet,
+                                         **ais)
+            lp, mc_stderr = est_ais.per_datapoint.double().cpu(), est_ais.mc_stderr
+        else:
+            lp = est.per_datapoint.double().cpu()
         elbo = est.elbo.double().cpu()
         ll, ll_se = _mean_se(lp)
         gap, gap_se = _mean_se(lp - elbo)
@@ -249,7 +270,7 @@ def _run(data, n_components, labels, covariance_type, test_fraction, latent_dim,
         if test_l is not None and name == "mixture_vae":
             ari = adjusted_rand_index(test_l, vae.predict(test_x.to(vae.device)).cpu())
         rows.append({"method": name, "heldout_log_likelihood": ll, "heldout_log_likelihood_se": ll_se,
-                     "heldout_log_likelihood_mc_se": float(est.mc_stderr.double().pow(2).mean().sqrt()
+                     "heldout_log_likelihood_mc_se": float(mc_stderr.double().pow(2).mean().sqrt()
                                                            / math.sqrt(lp.numel())),
                      "heldout_elbo": float(elbo.mean()), "gap": gap, "gap_se": gap_se,
                      "fit_seconds": seconds, "iterations": int(len(hist)), "ari": ari})

@@ -90,3 +90,23 @@ def test_em_reaches_the_oracle_on_the_demo_data():
     diff = t.loc["oracle", "heldout_log_likelihood"] - t.loc["em", "heldout_log_likelihood"]
     assert 0 <= diff < 0.02
     assert t.loc["em", "iterations"] > 3  # the demo's initialization leaves EM real work to do
+
+
+def test_vae_rows_by_ais_are_the_ais_estimates_of_the_trained_vaes():
+    from pyro_vae import ais_log_likelihood, log_likelihood
+
+    comp = run_comparison(n_samples=240, epochs=2, num_samples=8, svi_epochs=None, mixture_vae=False,
+                          log_px_method="ais", ais_steps=4, ais_chains=3, seed=0)
+    t = comp.table.set_index("method")
+    for name in ("vae_normal", "vae_mixture"):
+        vae = comp.vaes[name]
+        ais = ais_log_likelihood(vae.model, vae.guide, comp.test_x, 4, 3, seed=0, progress=False)
+        assert t.loc[name, "heldout_log_likelihood"] == pytest.approx(float(ais.per_datapoint.double().mean()),
+                                                                      rel=1e-12)
+        # the ELBO stays importance sampling's, and the gap is log p(x) by AIS minus it
+        est = log_likelihood(vae.model, vae.guide, comp.test_x, 8, seed=0)
+        assert t.loc[name, "heldout_elbo"] == pytest.approx(float(est.elbo.double().mean()), rel=1e-12)
+        assert t.loc[name, "gap"] == pytest.approx(float((ais.per_datapoint.double() - est.elbo.double()).mean()),
+                                                   rel=1e-9)
+    with pytest.raises(ValueError, match="log_px_method"):
+        run_comparison(n_samples=240, epochs=1, log_px_method="exact")
