@@ -207,10 +207,10 @@ def main():
     def plain_copy():
         """A PlainVAE with the VAE's initial weights."""
         plain = PlainVAE(pseudo_inputs=vae.prior.pseudo_inputs if vamp else None)
-        plain.load_state_dict({k.replace("encoder.net", "enc").replace("decoder.net", "dec")
+        plain.load_state_dict({k.replace("q.encoder.net", "enc").replace("decoder.net", "dec")
                                .replace("prior.pseudo_inputs", "pseudo"): v.clone()
                                for k, v in vae.state_dict().items()
-                               if k.startswith(("encoder.", "decoder.", "prior.pseudo"))})
+                               if k.startswith(("q.encoder.", "decoder.", "prior.pseudo"))})
         return plain
 
     plain = plain_copy()
