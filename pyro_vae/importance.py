@@ -67,6 +67,7 @@ warning names them.
 """
 
 import contextlib
+import ctypes
 import itertools
 import math
 import sys
@@ -324,6 +325,7 @@ def log_likelihood(model, guide, data, num_samples=1000, *, particle_batch_size=
                                                        max_plate_nesting, noise, layouts)
                     if pbar is not None:
                         pbar.update(1)
+                _release_freed_memory()
                 # one reduction over all K particles in order: the same numbers for any chunking
                 lse = torch.logsumexp(logw, 0)
                 log_px.append(lse - math.log(num_samples))
@@ -690,6 +692,28 @@ def param_store_guard():
     finally:
         for name in set(store.keys()) - before:
             del store[name]
+
+
+def _release_freed_memory():
+    """Hand the heap memory freed by a data chunk back to the system (glibc's ``malloc_trim``).
+
+    Each chunk allocates and frees many tensors of a few sizes; glibc keeps the freed memory in
+    fragments, so without this the resident memory grows with the number of chunks (K=5,000 over
+    1,000 digits: 2.3 GB instead of 0.8 GB). Does nothing where glibc is not the allocator.
+    """
+    global _MALLOC_TRIM
+    if _MALLOC_TRIM is None:
+        _MALLOC_TRIM = False
+        if sys.platform.startswith("linux"):
+            try:
+                _MALLOC_TRIM = ctypes.CDLL("libc.so.6").malloc_trim
+            except (OSError, AttributeError):
+                pass
+    if _MALLOC_TRIM:
+        _MALLOC_TRIM(0)
+
+
+_MALLOC_TRIM = None
 
 
 def _progress_bar(progress, total):
