@@ -276,10 +276,9 @@ def test_pyro_vae_train_under_torchrun_writes_one_run_folder_and_resumes(tmp_pat
     assert names == ["checkpoint.pt", "config.json", "elbo.png", "history.csv", "reconstructions.png",
                      "samples.png"]
     # the resumed 2-process run equals an uninterrupted single-process run of the same settings
-    from pyro_vae.cli import _train_overrides, build_parser
-    from pyro_vae.runs import load_run, train_run
+    from pyro_vae.runs import load_run, read_config, train_run
 
-    cfg = _train_overrides(build_parser().parse_args(["train", *args]))
+    cfg = read_config(str(run / "config.json"))  # the settings the command line gave the run
     vae_ref, h_ref = train_run(str(tmp_path / "ref"), cfg, quiet=True)
     vae, _, _ = load_run(str(run))
     assert _max_diff(vae.state_dict(), vae_ref.state_dict()) < 1e-5
