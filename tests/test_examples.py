@@ -13,6 +13,8 @@ import pytest
 from scipy.special import logsumexp
 from scipy.stats import multivariate_normal
 
+from data_files import MNIST_DIR
+
 EXAMPLES = os.path.join(os.path.dirname(__file__), os.pardir, "examples")
 NUMBER = r"(-?\d+\.\d+|NaN)"
 
@@ -110,6 +112,7 @@ def test_vae_vs_em_gmm(tmp_path, monkeypatch, capsys):
 
 
 @pytest.mark.slow
+@pytest.mark.skipif(not os.path.isdir(MNIST_DIR), reason="real MNIST folder absent")
 def test_mnist_vae(tmp_path, monkeypatch, capsys):
     out, _ = _run("mnist_vae.py", tmp_path, monkeypatch, capsys)
     logpx, se, k, elbo = _find(r"held-out log p\(x\) = " + NUMBER + " ± " + NUMBER + r" nats \(K=(\d+); ELBO "
