@@ -17,9 +17,8 @@ import torch
 
 from pyro_vae import checkpoints, storage
 from pyro_vae.checks import check_bool, resolve_device
-from pyro_vae.data import DATASET_NAMES, MNIST_10K_TEST_SEED, SYNTHETIC, load_split, resolve_data_location
-from pyro_vae.data import binarize as _binarize
-from pyro_vae.data import train_test_split
+from pyro_vae.data import (DATASET_NAMES, MNIST_10K_TEST_SEED, SYNTHETIC, binarize, load_split,
+                           resolve_data_location, train_test_split)
 from pyro_vae.distributed import is_main_process
 from pyro_vae.training import fit
 from pyro_vae.mixture_vae import MixtureVAE
@@ -196,7 +195,7 @@ def _train(out_dir, config, resume, quiet, device, main):
         train_x, val_x = train_test_split(train_x, test_fraction=config["data"].get("val_fraction", 0.1),
                                           seed=config["data"].get("split_seed", 0))[:2]
         if config["data"].get("binarize"):
-            val_x = _binarize(val_x, seed=MNIST_10K_TEST_SEED + 1)
+            val_x = binarize(val_x, seed=MNIST_10K_TEST_SEED + 1)
     history = fit(
         vae, train_x, val_data=val_x, binarize=bool(config["data"].get("binarize")),
         seed=config["seed"], device=device, resume=resume, quiet=quiet,

@@ -11,7 +11,7 @@ import math
 
 import torch
 
-from pyro_vae import distributed as _dist
+from pyro_vae import distributed
 from pyro_vae.mixture.gaussian import (
     MixtureParams,
     add_to_diagonal,
@@ -214,7 +214,7 @@ def initial_parameters(source, n_components, covariance_type, method, generator,
         return MixtureParams(given["weights"], given["means"], None, given["prec_chol"])
     k, d = n_components, source.d
     params, error = None, None
-    if _dist.is_main_process():
+    if distributed.is_main_process():
         try:
             X = source.init_rows()
             if X.shape[0] < k:
@@ -226,11 +226,11 @@ def initial_parameters(source, n_components, covariance_type, method, generator,
             params = _from_responsibilities(X, resp, covariance_type, reg_covar, floor, given)
         except ValueError as e:
             error = e
-    if not (_dist.is_initialized() and _dist.get_world_size() > 1):
+    if not (distributed.is_initialized() and distributed.get_world_size() > 1):
         if error is not None:
             raise error
         return params
-    ok = _dist.broadcast(torch.tensor([0.0 if error else 1.0], dtype=source.dtype, device=source.device),
+    ok = distributed.broadcast(torch.tensor([0.0 if error else 1.0], dtype=source.dtype, device=source.device),
                          "broadcast of the initialization status")
     if error is not None:
         raise error
@@ -241,5 +241,5 @@ def initial_parameters(source, n_components, covariance_type, method, generator,
         params = MixtureParams(*(torch.empty(sh, dtype=source.dtype, device=source.device)
                                  for sh in ((k,), (k, d), shape, shape)))
     for t in params.tensors(covariance_type):
-        _dist.broadcast(t, "broadcast of the initial mixture parameters")
+        distributed.broadcast(t, "broadcast of the initial mixture parameters")
     return params

@@ -22,7 +22,7 @@ import numpy as np
 import pandas as pd
 import torch
 
-from pyro_vae import distributed as _dist
+from pyro_vae import distributed
 from pyro_vae.checks import check_finite
 from pyro_vae.mixture.gaussian import (
     chunk_rows,
@@ -293,10 +293,10 @@ class ChunkSource:
         if self.device is None:
             self.device = torch.device("cpu")
         local_d = self.d
-        if _dist.is_initialized() and _dist.get_world_size() > 1:
+        if distributed.is_initialized() and distributed.get_world_size() > 1:
             dims = torch.tensor([local_d or 0, -local_d if local_d else -(2 ** 40)],
                                 dtype=torch.float64, device=self.device)
-            _dist.all_reduce(dims, "max", "all_reduce of the number of features")
+            distributed.all_reduce(dims, "max", "all_reduce of the number of features")
             d_max, d_min = int(dims[0]), int(-dims[1])
             if d_max and d_min != d_max:
                 raise ValueError(f"the processes hold data with different numbers of features "
@@ -308,12 +308,12 @@ class ChunkSource:
         if total is None:  # this process holds no rows
             total = torch.zeros(2, self.d, dtype=self.dtype, device=self.device)
         count = torch.tensor([float(n)], dtype=self.dtype, device=self.device)
-        sums = _dist.all_reduce_sum(torch.cat([count, total.reshape(-1)]), "all_reduce of the data size")
+        sums = distributed.all_reduce_sum(torch.cat([count, total.reshape(-1)]), "all_reduce of the data size")
         self.n = int(round(float(sums[0])))
         self.origin = sums[1:1 + self.d] / self.n
         self.mean_square = sums[1 + self.d:] / self.n
         if local_d is None:
-            log.warning("this process (rank %d) holds no data", _dist.get_rank())
+            log.warning("this process (rank %d) holds no data", distributed.get_rank())
 
     def __iter__(self):
         for t in self._tensors():
@@ -366,7 +366,7 @@ class ChunkSource:
             resp = torch.mm(q_t, f_t, out=buffer[:k * rows].view(k, rows))
             total += normalize_(resp, resp, dim=0).sum()
             stats.addmm_(resp, f_t.T)
-        _dist.all_reduce_sum(out, "all_reduce of the EM statistics")
+        distributed.all_reduce_sum(out, "all_reduce of the EM statistics")
         return float(total), stats
 
     def centered_statistics(self, params, covariance_type):
@@ -395,7 +395,7 @@ class ChunkSource:
             nk += resp.sum(0)
             sums.addmm_(resp.T, x)
             second += scatter_centered(x, resp, old, kind, rows)
-        _dist.all_reduce_sum(out, "all_reduce of the EM statistics")
+        distributed.all_reduce_sum(out, "all_reduce of the EM statistics")
         means = sums / effective_counts(nk)[:, None]
         move = means - old
         a = sums - nk[:, None] * old
@@ -411,7 +411,7 @@ class ChunkSource:
             scatter = torch.zeros(shape, dtype=old.dtype, device=old.device)
             for x, resp in self._responsibilities(params, covariance_type, rows, None):
                 scatter += scatter_centered(x, resp, means, kind, rows)
-            _dist.all_reduce_sum(scatter, "all_reduce of the EM statistics")
+            distributed.all_reduce_sum(scatter, "all_reduce of the EM statistics")
         return float(total), nk, sums, scatter
 
     def _responsibilities(self, params, covariance_type, rows, total):
