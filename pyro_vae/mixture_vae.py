@@ -46,7 +46,7 @@ from pyro_vae.distributions import NormalEvent
 from pyro_vae.likelihoods import check_likelihood, make_likelihood
 from pyro_vae.networks import ACTIVATIONS, MLP, Decoder, Encoder
 from pyro_vae.priors import MixtureOfGaussians
-from pyro_vae.program_pair import BASELINE_STATE_PREFIX
+from pyro_vae.program_pair import BASELINE_STATE_PREFIX, data_plate
 
 __all__ = ["MixtureVAE", "BASELINES", "COMPONENT_SITE", "minibatch_baseline"]
 
@@ -186,13 +186,6 @@ class MixtureVAE(nn.Module):
             raise ValueError(f"x must have shape (N, {self.data_dim}) (flatten images first); got "
                              f"{tuple(x.shape)}")
 
-    def _plate(self, x, num_data):
-        n = x.shape[0]
-        if num_data is None or num_data == n:
-            return pyro.plate("data", n, device=x.device)
-        return pyro.plate("data", size=int(num_data), subsample=torch.arange(n, device=x.device),
-                          device=x.device)
-
     # ------------------------------------------------------------------ the networks
     def component_posterior(self, x):
         """q(y|x), with gradients.
@@ -230,7 +223,7 @@ class MixtureVAE(nn.Module):
         """
         self._check_x(x)
         pyro.module(self.name, self)
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             y = pyro.sample(COMPONENT_SITE, dist.Categorical(logits=self.prior.logits))
             z = pyro.sample("z", self.component_prior(y))
             pyro.sample("x", self.likelihood(self.decoder(z)), obs=x)
@@ -277,7 +270,7 @@ class MixtureVAE(nn.Module):
         infer = {"enumerate": "parallel"}
         if baseline is not None:
             infer["baseline"] = self._baseline_options(x, baseline)
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             y = pyro.sample(COMPONENT_SITE, self.component_posterior(x), infer=infer)
             pyro.sample("z", self.latent_posterior(x, y))
 

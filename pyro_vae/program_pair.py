@@ -40,7 +40,7 @@ from pyro.poutine.util import site_is_subsample
 from pyro_vae.checks import as_data_tensor, check_finite
 from pyro_vae.importance import log_weights
 
-__all__ = ["DATA_PLATE", "KL_SITE", "BASELINE_STATE_PREFIX", "ProgramPair", "SiteScale", "program_data"]
+__all__ = ["DATA_PLATE", "KL_SITE", "data_plate", "BASELINE_STATE_PREFIX", "ProgramPair", "SiteScale", "program_data"]
 
 #: name of the plate the datapoints live in
 DATA_PLATE = "data"
@@ -51,6 +51,24 @@ BASELINE_STATE_PREFIX = "__baseline_avg_downstream_cost_"
 
 _ELBOS = {"trace": Trace_ELBO, "tracegraph": TraceGraph_ELBO, "meanfield": TraceMeanField_ELBO,
           "enum": TraceEnum_ELBO}
+
+
+def data_plate(x, num_data=None):
+    """The plate of the datapoints as the convention writes it, for programs of the library.
+
+    :param torch.Tensor x: the minibatch, shape ``(B, ...)``.
+    :param int num_data: N, the size of the whole data set (``None``: the minibatch is all of it).
+    :returns: ``pyro.plate("data", B)``, or ``pyro.plate("data", size=N, subsample=arange(B))``
+        so that Pyro scales the minibatch by ``N / B``.
+    :raises ValueError: ``num_data`` is smaller than the minibatch.
+    """
+    n = x.shape[0]
+    if num_data is None or num_data == n:
+        return pyro.plate(DATA_PLATE, n, device=x.device)
+    if int(num_data) < n:
+        raise ValueError(f"num_data={num_data} is smaller than the batch size {n}")
+    return pyro.plate(DATA_PLATE, size=int(num_data), subsample=torch.arange(n, device=x.device),
+                      device=x.device)
 
 
 def program_data(data, name, device, like=None):

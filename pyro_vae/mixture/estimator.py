@@ -45,7 +45,7 @@ import torch
 import pyro
 import pyro.distributions as dist
 
-from pyro_vae import distributed as _dist
+from pyro_vae import distributed
 from pyro_vae.checks import (
     check_bool,
     check_choice,
@@ -80,6 +80,7 @@ from pyro_vae.mixture.sources import (
     chunks_of,
     feature_names,
 )
+from pyro_vae.program_pair import data_plate
 
 __all__ = ["GaussianMixture", "ConvergenceWarning", "NotFittedError", "ALGORITHMS"]
 
@@ -328,11 +329,11 @@ class GaussianMixture:
         if chunks is None:
             device = s["device"] or (X.device if isinstance(X, torch.Tensor) else torch.device("cpu"))
             X_checked = as_2d_tensor(X, s["dtype"], device, "X")
-            _dist.init_process_group(device)
+            distributed.init_process_group(device)
             source = MemorySource(X_checked)
             numpy_output, names = not isinstance(X, torch.Tensor), feature_names(X)
         else:
-            _dist.init_process_group(s["device"] or torch.device("cpu"))
+            distributed.init_process_group(s["device"] or torch.device("cpu"))
             source = ChunkSource(chunks, s["dtype"], s["device"])
             source.first_pass()
             numpy_output, names = source.numpy_input, None
@@ -380,7 +381,7 @@ class GaussianMixture:
 
     def _run_em(self, source, params, s, run):
         """EM iterations from ``params`` until the lower bound changes by less than ``tol``."""
-        verbose, interval = s["verbose"] and _dist.is_main_process(), s["verbose_interval"]
+        verbose, interval = s["verbose"] and distributed.is_main_process(), s["verbose_interval"]
         if verbose:
             print(f"Initialization {run}", flush=True)
         lower_bound, converged, n_iter, history = -math.inf, False, 0, []
@@ -667,15 +668,6 @@ class GaussianMixture:
             raise ValueError(f"x must have shape (N, {f.n_features}), got {tuple(x.shape)}")
         return x.to(device=f.device, dtype=f.dtype)
 
-    @staticmethod
-    def _plate(x, num_data):
-        n = x.shape[0]
-        if num_data is None or num_data == n:
-            return pyro.plate("data", n)
-        if int(num_data) < n:
-            raise ValueError(f"num_data={num_data} is smaller than the batch size {n}")
-        return pyro.plate("data", size=int(num_data), subsample=torch.arange(n, device=x.device))
-
     def model(self, x, num_data=None):
         """The fitted mixture as a Pyro model: ``z ~ Categorical(weights)``, ``x ~ N(mu_z, Sigma_z)``.
 
@@ -687,7 +679,7 @@ class GaussianMixture:
         """
         x = self._pyro_x(x)
         logits = torch.log(self._fitted.params.weights)
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             z = pyro.sample("z", dist.Categorical(logits=logits))
             pyro.sample("x", self._component(z), obs=x)
 
@@ -699,7 +691,7 @@ class GaussianMixture:
         """
         x = self._pyro_x(x)
         log_resp = self._log_resp(x)
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             pyro.sample("z", dist.Categorical(logits=log_resp))
 
     def _component(self, z):

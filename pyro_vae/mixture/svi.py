@@ -36,6 +36,7 @@ from pyro_vae.checks import (as_data_tensor, check_choice, check_float, check_po
 from pyro_vae.mixture.initialization import kmeans_plusplus, lloyd
 from pyro_vae.mixture_vae import BASELINES, minibatch_baseline
 from pyro_vae.networks import ACTIVATIONS, MLP
+from pyro_vae.program_pair import data_plate
 
 __all__ = ["GaussianMixtureSVI", "SVI_COVARIANCE_TYPES", "SVI_OBJECTIVES"]
 
@@ -231,13 +232,6 @@ class GaussianMixtureSVI(nn.Module):
             raise ValueError(f"X must have shape (N, {self.n_features_in_}), got {tuple(x.shape)}")
         return x.to(device=self.loc.device, dtype=self.dtype)
 
-    def _plate(self, x, num_data):
-        n = x.shape[0]
-        if num_data is None or num_data == n:
-            return pyro.plate("data", n, device=x.device)
-        return pyro.plate("data", size=int(num_data), subsample=torch.arange(n, device=x.device),
-                          device=x.device)
-
     def model(self, x, num_data=None):
         """``z ~ Categorical(weights)``, ``x ~ N(mu_z, Sigma_z)``; sites ``"z"`` and ``"x"`` in
         ``pyro.plate("data")`` (as :meth:`GaussianMixture.model <pyro_vae.mixture.GaussianMixture.model>`).
@@ -247,7 +241,7 @@ class GaussianMixtureSVI(nn.Module):
         """
         x = self._checked(x)
         pyro.module(self.name, self)
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             z = pyro.sample(COMPONENT_SITE, dist.Categorical(logits=self.logits))
             pyro.sample("x", self.component_distribution(z), obs=x)
 
@@ -264,7 +258,7 @@ class GaussianMixtureSVI(nn.Module):
         if self.baseline is not None:
             net = self.baseline_net if self.baseline == "neural" else None
             infer["baseline"] = minibatch_baseline(COMPONENT_SITE, self._standardize(x), 0.9, net)
-        with self._plate(x, num_data):
+        with data_plate(x, num_data):
             pyro.sample(COMPONENT_SITE, dist.Categorical(logits=self.encoder(self._standardize(x))), infer=infer)
 
     def _standardize(self, x):
