@@ -131,9 +131,11 @@ def bench_variance(n_train, train_epochs, batch, num_draws, warmup, quick):
               f"{float(hist['train_elbo'].iloc[-1]):.1f} nats, {train_s:.0f} s); gradients of minus the ELBO per "
               f"datapoint on a fixed minibatch of {batch} binarized digits, {num_draws} draws per estimator after "
               f"{warmup} warm-up draws for the tracegraph estimators ({var_s:.0f} s). `total variance` is the sum "
-              "over a group's coordinates; `ratio to enum` divides by enum's; `trace / this` is the reduction of "
-              "q(y|x)'s gradient variance against trace.", "",
-              "| estimator | group | parameters | total variance | squared norm of mean gradient | ratio to enum "
+              "over a group's coordinates; `squared norm of mean gradient` is the unbiased estimate of "
+              "|E[g]|^2 (the squared norm of the sample mean minus the variance of that mean), which can be "
+              "negative where the variance dominates; `ratio to enum` divides by enum's; `trace / this` is the "
+              "reduction of q(y|x)'s gradient variance against trace.", "",
+              "| estimator | group | parameters | total variance | squared norm of mean gradient (unbiased) | ratio to enum "
               "| trace / this (encoder_y) | seconds per draw |",
               "|---|---|---|---|---|---|---|---|"]
     for _, r in table.iterrows():
