@@ -37,6 +37,7 @@ __all__ = [
     "Bernoulli",
     "ContinuousBernoulli",
     "Gaussian",
+    "LearnedScale",
     "GaussianShared",
     "GaussianFeature",
     "GaussianDecoder",
@@ -208,11 +209,21 @@ class Gaussian(Likelihood):
         return {"name": "gaussian", "data_dim": self.data_dim, "scale": self.scale_value}
 
 
-class _LearnedScale(Likelihood):
-    """A likelihood with a learned scale ``softplus(raw_scale) + min_scale`` of shape
-    ``scale_shape``, initialized at ``init_scale``."""
+class LearnedScale(Likelihood):
+    """Base of the likelihoods with a learned scale ``softplus(raw_scale) + min_scale``, not
+    predicted by the decoder; ``raw_scale`` starts where the scale is ``init_scale``.
 
+    A subclass sets :attr:`name` (its name for :func:`make_likelihood`), :attr:`scale_shape`
+    and :meth:`forward`.
+
+    :param int data_dim: size D of a datapoint.
+    :param float init_scale: initial scale.
+    :param float min_scale: floor on the scale.
+    """
+
+    #: the name under which :func:`make_likelihood` builds the subclass
     name = None
+    #: ``"shared"``: one scale for all features, shape ``()``; ``"feature"``: one per feature, ``(D,)``
     scale_shape = None
 
     def __init__(self, data_dim, init_scale=1.0, min_scale=MIN_SCALE):
@@ -238,13 +249,9 @@ class _LearnedScale(Likelihood):
                 "min_scale": self.min_scale}
 
 
-class GaussianShared(_LearnedScale):
-    """p(x|z) = N(x | out, sigma^2 I) with one learned sigma shared by all features.
-
-    :param int data_dim: size D of a datapoint.
-    :param float init_scale: initial sigma.
-    :param float min_scale: floor on sigma.
-    """
+class GaussianShared(LearnedScale):
+    """p(x|z) = N(x | out, sigma^2 I) with one learned sigma shared by all features; the
+    parameters are those of :class:`LearnedScale`, the scale being sigma."""
 
     name = "gaussian_shared"
     scale_shape = "shared"
@@ -255,25 +262,17 @@ class GaussianShared(_LearnedScale):
 
 
 class GaussianFeature(GaussianShared):
-    """p(x|z) = prod_i N(x_i | out_i, sigma_i^2) with a learned sigma per feature.
-
-    :param int data_dim: size D of a datapoint.
-    :param float init_scale: initial sigma.
-    :param float min_scale: floor on sigma.
-    """
+    """p(x|z) = prod_i N(x_i | out_i, sigma_i^2) with a learned sigma per feature; the
+    parameters are those of :class:`LearnedScale`, the scale being sigma."""
 
     name = "gaussian_feature"
     scale_shape = "feature"
 
 
-class Laplace(_LearnedScale):
-    """p(x|z) = prod_i Laplace(x_i | out_i, b_i) with a learned scale b_i per feature
-    (not predicted by the decoder): a robust alternative to :class:`GaussianFeature`.
-
-    :param int data_dim: size D of a datapoint.
-    :param float init_scale: initial b.
-    :param float min_scale: floor on b.
-    """
+class Laplace(LearnedScale):
+    """p(x|z) = prod_i Laplace(x_i | out_i, b_i) with a learned scale b_i per feature: a robust
+    alternative to :class:`GaussianFeature`; the parameters are those of :class:`LearnedScale`,
+    the scale being b."""
 
     name = "laplace"
     scale_shape = "feature"
