@@ -30,7 +30,8 @@ from torch.nn import functional as F
 import pyro.distributions as dist
 
 from pyro_vae.distributions import BernoulliEvent, NormalEvent, inv_softplus
-from pyro_vae.checks import check_positive_float, check_positive_int, check_registered, parse_spec
+from pyro_vae.checks import (call_for_distribution, check_positive_float, check_positive_int, check_registered,
+                             parse_spec)
 
 __all__ = [
     "Likelihood",
@@ -451,13 +452,8 @@ def check_likelihood(lik, data_dim):
     out = torch.zeros(2, data_dim * k,
                       dtype=ref.dtype if ref is not None else torch.get_default_dtype(),
                       device=ref.device if ref is not None else None)
-    try:
-        d = lik(out)
-    except Exception as e:
-        raise ValueError(f"calling the likelihood on decoder output of shape (N, {data_dim * k}) "
-                         f"failed with {type(e).__name__}: {e}") from e
-    if not isinstance(d, torch.distributions.Distribution):
-        raise ValueError(f"likelihood must return a Pyro distribution, got {type(d).__name__}")
+    d = call_for_distribution(lik, (out,), f"calling the likelihood on decoder output of shape (N, {data_dim * k})",
+                              "likelihood must return a Pyro distribution", error=ValueError)
     if tuple(d.event_shape) == (data_dim,) and tuple(d.batch_shape) == (2,):
         return d
     msg = (f"for decoder output of shape (2, {data_dim * k}) the likelihood must return a "

@@ -28,7 +28,8 @@ from torch.nn import functional as F
 
 import pyro.distributions as dist
 
-from pyro_vae.checks import check_positive_float, check_positive_int, check_registered, parse_spec
+from pyro_vae.checks import (call_for_distribution, check_positive_float, check_positive_int, check_registered,
+                             parse_spec)
 from pyro_vae.distributions import NormalEvent, inv_softplus
 
 __all__ = [
@@ -366,12 +367,8 @@ def check_prior(prior, latent_dim):
         ``batch_shape == ()`` and ``event_shape == (L,)``. Only an empty batch shape is allowed:
         the data plate adds the batch dimension.
     """
-    try:
-        d = prior()
-    except Exception as e:
-        raise ValueError(f"calling the prior failed with {type(e).__name__}: {e}") from e
-    if not isinstance(d, torch.distributions.Distribution):
-        raise ValueError(f"prior must return a Pyro distribution, got {type(d).__name__}")
+    d = call_for_distribution(prior, (), "calling the prior", "prior must return a Pyro distribution",
+                              error=ValueError)
     expected = (latent_dim,)
     if tuple(d.event_shape) == expected and tuple(d.batch_shape) == ():
         return d
