@@ -30,8 +30,8 @@ from torch.nn import functional as F
 import pyro.distributions as dist
 
 from pyro_vae.distributions import BernoulliEvent, NormalEvent, inv_softplus
-from pyro_vae.checks import (call_for_distribution, check_positive_float, check_positive_int, check_registered,
-                             parse_spec)
+from pyro_vae.checks import call_for_distribution, check_positive_float, check_positive_int
+from pyro_vae.components import Component, build_declared, read_declaration
 
 __all__ = [
     "Likelihood",
@@ -53,15 +53,19 @@ __all__ = [
 MIN_SCALE = 1e-3
 
 
-class Likelihood(nn.Module):
+class Likelihood(Component):
     """Base class of the likelihoods p(x|z).
 
     Subclasses set the class attribute :attr:`outputs_per_feature`, implement :meth:`forward`
-    and usually :meth:`mean` and :meth:`describe`; they may extend :meth:`validate_data`.
+    and usually :meth:`mean` and :meth:`describe` (:func:`make_likelihood` accepts what it
+    returns; those that do not override it describe themselves as a user likelihood); they may
+    extend :meth:`validate_data`.
 
     :param int data_dim: size D of a datapoint.
     """
 
+    kind = "likelihood"
+    size_name = "data_dim"
     #: number k of decoder outputs per data feature
     outputs_per_feature = 1
 
@@ -91,10 +95,6 @@ class Likelihood(nn.Module):
         return self(out).mean
 
     def describe(self):
-        """:returns: a JSON-able dict, ``{"name": ..., **hyperparameters}``, that
-        :func:`make_likelihood` accepts to build the same likelihood (with fresh parameters).
-        Subclasses that do not override it describe themselves as a user likelihood, which
-        cannot be rebuilt by name."""
         return {"name": "user", "data_dim": self.data_dim,
                 "outputs_per_feature": self.outputs_per_feature, "repr": type(self).__qualname__}
 
@@ -117,9 +117,6 @@ class Likelihood(nn.Module):
                             f"convert it with x.float()")
         if not torch.isfinite(x).all():
             raise ValueError("data contain NaN or infinite values; remove or impute them first")
-
-    def extra_repr(self):
-        return ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
 
     @staticmethod
     def _refuse_values(x, bad, message):
@@ -367,9 +364,6 @@ class UserLikelihood(Likelihood):
         return {"name": "user", "data_dim": self.data_dim,
                 "outputs_per_feature": self.outputs_per_feature, "repr": repr(self.fn)}
 
-    def extra_repr(self):
-        return f"data_dim={self.data_dim}, outputs_per_feature={self.outputs_per_feature}"
-
 
 #: names accepted by :func:`make_likelihood`, mapped to their classes
 LIKELIHOODS = {
@@ -403,37 +397,17 @@ def make_likelihood(spec, data_dim, outputs_per_feature=None):
     :raises TypeError: when ``spec`` is none of the above.
     """
     data_dim = check_positive_int(data_dim, "data_dim")
-    if isinstance(spec, Likelihood):
-        if spec.data_dim != data_dim:
-            raise ValueError(f"the likelihood has data_dim={spec.data_dim} but the data have "
-                             f"{data_dim} features")
-        _check_k(spec, outputs_per_feature)
-        return spec
-    if isinstance(spec, torch.distributions.Distribution):
-        raise TypeError("pass the likelihood as a function of the decoder output, e.g. "
-                        "likelihood=lambda out: dist.Normal(out, 0.1).to_event(1), "
-                        "not as a distribution object")
-    name, kwargs = parse_spec(spec, "likelihood")
-    if name is None:
-        if callable(spec):
-            k = outputs_per_feature
-            if k is None:
-                k = getattr(spec, "outputs_per_feature", 1)
-            return UserLikelihood(spec, data_dim, outputs_per_feature=k)
-        raise TypeError(
-            f"likelihood must be a name ({', '.join(map(repr, LIKELIHOODS))}), a (name, kwargs) pair or dict, "
-            f"an nn.Module or a callable from decoder output to a distribution; got "
-            f"{type(spec).__name__}"
-        )
-    cls = check_registered(name, LIKELIHOODS, "likelihood")
-    given_dim = kwargs.pop("data_dim", data_dim)
-    if given_dim != data_dim:
-        raise ValueError(f"likelihood {name!r} was declared with data_dim={given_dim} but the data "
-                         f"have {data_dim} features")
-    try:
-        lik = cls(data_dim, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"invalid arguments for likelihood {name!r}: {e}") from None
+    name, cls, kwargs = read_declaration(
+        spec, Likelihood, LIKELIHOODS, data_dim, "the data have {} features",
+        "a function of the decoder output, e.g. likelihood=lambda out: dist.Normal(out, 0.1).to_event(1)",
+        "a callable from decoder output to a distribution")
+    if cls is None:  # a Likelihood, or a callable of the user's
+        if isinstance(spec, Likelihood):
+            _check_k(spec, outputs_per_feature)
+            return spec
+        k = outputs_per_feature if outputs_per_feature is not None else getattr(spec, "outputs_per_feature", 1)
+        return UserLikelihood(spec, data_dim, outputs_per_feature=k)
+    lik = build_declared(cls, data_dim, kwargs, "likelihood", name)
     _check_k(lik, outputs_per_feature)
     return lik
 
