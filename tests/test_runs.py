@@ -6,33 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_vae.cli import main
 from pyro_vae.data import load_split
 from pyro_vae.runs import load_run, load_run_data, train_run
 
 TINY = {"model": {"latent_dim": 1, "hidden": [4], "prior": "normal", "likelihood": "gaussian_feature"},
         "fit": {"epochs": 1, "batch_size": 32}}
 
-
-def test_a_relative_data_path_works_from_any_directory(tmp_path, monkeypatch, capsys):
-    """Train in one working directory with a relative --data path, evaluate from another."""
-    project = tmp_path / "project"
-    project.mkdir()
-    rng = np.random.default_rng(0)
-    np.savetxt(project / "points.csv", rng.normal(size=(60, 2)), delimiter=",", header="a,b", comments="")
-    monkeypatch.chdir(project)
-    train_run("run", {**TINY, "data": {"source": "points.csv", "binarize": False}}, quiet=True)
-    config = json.loads((project / "run" / "config.json").read_text())
-    assert os.path.isabs(config["data"]["source"])
-    _, _, test_x = load_run("run")
-
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    _, _, test_x2 = load_run(str(project / "run"))
-    assert torch.equal(test_x, test_x2)
-    assert main(["evaluate", str(project / "run"), "--num-samples", "4", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["num_datapoints"] == test_x.shape[0]
 
 
 def test_a_run_folder_with_a_relative_path_says_what_to_do(tmp_path, monkeypatch):
