@@ -7,7 +7,7 @@ The command line turns either into a one-line message and exit code 2.
 * numbers: :func:`check_int`, :func:`check_positive_int`, :func:`check_float`,
   :func:`check_positive_float`, :func:`check_bool`, :func:`check_choice`;
 * programs and named components: :func:`check_callable`, :func:`check_program_args`,
-  :func:`parse_spec`;
+  :func:`parse_spec`, :func:`call_for_distribution`;
 * data: :func:`check_finite`, :func:`as_data_tensor`;
 * where and how randomly: :func:`resolve_device`, :func:`check_seed`, :func:`fork_rng`.
 """
@@ -29,6 +29,7 @@ __all__ = [
     "check_registered",
     "check_callable",
     "check_program_args",
+    "call_for_distribution",
     "parse_spec",
     "check_finite",
     "as_data_tensor",
@@ -180,6 +181,31 @@ def check_program_args(model_args, model_kwargs):
     if not isinstance(model_kwargs, dict):
         raise TypeError(f"model_kwargs must be a dict of keyword arguments, got {_type_name(model_kwargs)}")
     return tuple(model_args), model_kwargs
+
+
+def call_for_distribution(fn, args, call, returns, error=TypeError):
+    """Call a component (a prior, a likelihood, a guide) once, as a check, and return the
+    distribution it gives.
+
+    :param callable fn: the component.
+    :param tuple args: what it is called with.
+    :param str call: the call in words, for the message when it raises (``"calling the prior"``:
+        the message reads ``"calling the prior failed with ZeroDivisionError: ..."``).
+    :param str returns: what it must return, for the message when it returns something else
+        (``"prior must return a Pyro distribution"``: the message adds ``", got Tensor"``).
+    :param type error: the exception raised for a result that is not a distribution (the
+        components of :mod:`pyro_vae.priors` and :mod:`pyro_vae.likelihoods` raise
+        :class:`ValueError`, as they always have).
+    :returns: the :class:`torch.distributions.Distribution`.
+    :raises ValueError: the call raised (the original exception is chained).
+    """
+    try:
+        result = fn(*args)
+    except Exception as e:
+        raise ValueError(f"{call} failed with {type(e).__name__}: {e}") from e
+    if not isinstance(result, torch.distributions.Distribution):
+        raise error(f"{returns}, got {_type_name(result)}")
+    return result
 
 
 def parse_spec(spec, what):

@@ -26,6 +26,15 @@ def _print_json(obj):
     sys.stdout.write(json.dumps(obj, default=json_default) + "\n")
 
 
+def _add_common_options(p, func, *, device_default="cpu", device_help="cpu, cuda or auto (default cpu)",
+                        quiet_help="no progress bar", json_help="print one JSON object with the results"):
+    """The options every command ends with (--device, --quiet, --json), and the function it runs."""
+    p.add_argument("--device", default=device_default, help=device_help)
+    p.add_argument("--quiet", action="store_true", help=quiet_help)
+    p.add_argument("--json", action="store_true", help=json_help)
+    p.set_defaults(func=func)
+
+
 # ---------------------------------------------------------------------------------------
 # train
 # ---------------------------------------------------------------------------------------
@@ -80,16 +89,13 @@ def _add_train(sub):
     p.add_argument("--patience", type=int,
                    help="early stopping on the ELBO of a validation split of the training data")
     p.add_argument("--seed", type=int)
-    p.add_argument("--device", default=None, help="cpu, cuda or auto (default cpu)")
     p.add_argument("--out", default="runs/train", help="run folder (default runs/train)")
     p.add_argument("--resume", action="store_true",
                    help="continue the run in --out from its checkpoint (the settings must be the stored "
                    "ones; --epochs may grow)")
     p.add_argument("--overwrite", action="store_true",
                    help="delete the run in --out first (a folder holding other files is refused)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print one JSON object with the results")
-    p.set_defaults(func=_cmd_train)
+    _add_common_options(p, _cmd_train, device_default=None)
     return p
 
 
@@ -105,49 +111,16 @@ def _int_list(text):
 
 def _train_overrides(args):
     """The configuration keys given on the command line (the rest keep their defaults)."""
-    data = {"source": args.data, "root": args.root, "download": args.download,
-            "binarize": args.binarize, "seed": args.data_seed}
-    if args.data is not None and args.data != "mnist10k" and args.binarize is None:
-        data["binarize"] = False
-    model = {"latent_dim": args.latent_dim, "hidden": args.hidden, "activation": args.activation,
-             "prior": args.prior, "likelihood": args.likelihood, "beta": args.beta,
-             "guide": args.guide, "num_flows": args.num_flows, "network": args.network}
-    fit = {"objective": args.objective, "num_particles": args.num_particles, "epochs": args.epochs,
-           "batch_size": args.batch_size, "lr": args.lr, "clip_norm": args.clip_norm,
-           "lr_schedule": args.lr_schedule, "kl_warmup": args.kl_warmup, "patience": args.patience}
-    config = {
-        "data": {k: v for k, v in data.items() if v is not None},
-        "model": {k: v for k, v in model.items() if v is not None},
-        "fit": {k: v for k, v in fit.items() if v is not None},
-    }
-    if args.seed is not None:
-        config["seed"] = args.seed
-    _mixture_vae_overrides(args, config)
-    return config
+    from pyro_vae.runs import train_overrides
 
-
-def _mixture_vae_overrides(args, config):
-    """The settings of ``--model mixture_vae`` (in place); VAE-only options are refused with it."""
-    if args.model != "mixture_vae":
-        for value, flag in ((args.components, "--components"), (args.baseline, "--baseline")):
-            if value is not None:
-                raise UsageError(f"{flag} belongs to --model mixture_vae")
-        if args.model is not None:
-            config["model"]["kind"] = args.model
-        return
-    for value, flag in ((args.prior, "--prior"), (args.guide, "--guide"), (args.num_flows, "--num-flows"),
-                        (args.network, "--network"), (args.beta, "--beta")):
-        if value is not None:
-            raise UsageError(f"{flag} is an option of --model vae; the mixture_vae has its own prior (a "
-                             "learned mixture) and guide q(y|x) q(z|x,y)")
-    if args.components is not None and args.components < 1:
-        raise UsageError(f"--components must be a positive integer, got {args.components}")
-    config["model"]["kind"] = "mixture_vae"
-    if args.components is not None:
-        config["model"]["n_components"] = args.components
-    if args.baseline is not None:
-        config["model"]["baseline"] = None if args.baseline == "none" else args.baseline
-    config["fit"].setdefault("objective", "enum")
+    return train_overrides(
+        source=args.data, root=args.root, download=args.download, binarize=args.binarize, data_seed=args.data_seed,
+        model_kind=args.model, latent_dim=args.latent_dim, hidden=args.hidden, activation=args.activation,
+        prior=args.prior, likelihood=args.likelihood, beta=args.beta, guide=args.guide, num_flows=args.num_flows,
+        network=args.network, n_components=args.components, baseline=args.baseline, objective=args.objective,
+        num_particles=args.num_particles, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        clip_norm=args.clip_norm, lr_schedule=args.lr_schedule, kl_warmup=args.kl_warmup, patience=args.patience,
+        seed=args.seed)
 
 
 def _cmd_train(args):
@@ -210,10 +183,7 @@ def _add_evaluate(sub):
                    help="optimization steps of each datapoint's Gaussian for --gaps (default 500)")
     p.add_argument("--particle-batch-size", type=int, help="particles per vectorized pass (memory)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
-    p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.add_argument("--json", action="store_true", help="print one JSON object with the results")
-    p.set_defaults(func=_cmd_evaluate)
+    _add_common_options(p, _cmd_evaluate)
     return p
 
 
@@ -344,80 +314,23 @@ def _add_em(sub):
                    help="read a CSV file N rows at a time, for files larger than memory: every EM "
                    "iteration reads the file again, and a data-dependent initialization uses the "
                    "first 100,000 rows (default: load the whole file)")
-    p.add_argument("--device", default="cpu", help="cpu, cuda or auto (default cpu)")
     p.add_argument("--out", default="em_run", help="run folder (default em_run)")
-    p.add_argument("--quiet", action="store_true", help="print only the summary (no warnings)")
-    p.add_argument("--json", action="store_true", help="print one JSON object with the results")
-    p.set_defaults(func=_cmd_em)
+    _add_common_options(p, _cmd_em, quiet_help="print only the summary (no warnings)")
     return p
 
 
 def _cmd_em(args):
-    from pyro_vae import storage
-
-    with storage.output_folder(args.out, "output folder"):  # usable before anything is computed
-        return _em(args)
-
-
-def _em(args):
-    import os
     import warnings
 
-    import torch
+    from pyro_vae.mixture import ConvergenceWarning
+    from pyro_vae.runs import fit_mixture_run
 
-    from pyro_vae import storage
-    from pyro_vae.checks import resolve_device
-    from pyro_vae.data import CsvChunks, load_data
-    from pyro_vae.mixture import ConvergenceWarning, GaussianMixture
-    from pyro_vae.mixture.sources import first_rows
-
-    device = resolve_device(args.device)
-    if args.chunk_rows is None:
-        data = load_data(args.data, dtype=torch.float64, scale=None).x.to(device)
-    else:
-        if not args.data.lower().endswith(".csv"):
-            raise UsageError("--chunk-rows reads CSV files; convert the data to CSV or leave "
-                             "--chunk-rows out to load the whole file")
-        data = CsvChunks(args.data, args.chunk_rows)
-    gm = GaussianMixture(n_components=args.components, covariance_type=args.covariance,
-                         tol=args.tol, reg_covar=args.reg_covar, max_iter=args.max_iter,
-                         n_init=args.n_init, init_params=args.init, random_state=args.seed,
-                         device=device)
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", ConvergenceWarning)
-        gm.fit(data)
-    log_likelihood = gm.score_samples(data)
-    n, total = log_likelihood.shape[0], float(log_likelihood.sum())
-    d = gm.n_features_in_
-    result = {
-        "data": args.data,
-        "n_samples": n,
-        "n_features": d,
-        "n_components": args.components,
-        "covariance_type": args.covariance,
-        "log_likelihood": total,
-        "log_likelihood_per_sample": total / n,
-        "lower_bound": gm.lower_bound_,
-        "bic": gm.bic(data),
-        "aic": gm.aic(data),
-        "n_parameters": gm.n_parameters(),
-        "n_iter": gm.n_iter_,
-        "converged": gm.converged_,
-        "seed": args.seed,
-        "weights": gm.weights_.cpu(),
-        "means": gm.means_.cpu(),
-        "covariances": gm.covariances_.cpu(),
-    }
-    files = [os.path.join(args.out, "params.json"), os.path.join(args.out, "history.csv")]
-    storage.write_json(files[0], result)
-    storage.write_csv(files[1], gm.history_)
-    if d == 2:
-        from pyro_vae.plots import plot_mixture_2d
-
-        shown = data[:_PLOTTED_ROWS] if args.chunk_rows is None else first_rows(data, _PLOTTED_ROWS)
-        files.append(os.path.join(args.out, "mixture.png"))
-        storage.save_figure(plot_mixture_2d(shown.cpu(), gm), files[2])
-
+        gm, result, files = fit_mixture_run(
+            args.out, args.data, chunk_rows=args.chunk_rows, n_components=args.components,
+            covariance_type=args.covariance, init_params=args.init, n_init=args.n_init, max_iter=args.max_iter,
+            tol=args.tol, reg_covar=args.reg_covar, random_state=args.seed, device=args.device)
     if args.json:
         summary = {k: v for k, v in result.items() if k not in ("weights", "means", "covariances")}
         _print_json({**summary, "out": args.out, "files": files})
@@ -426,15 +339,11 @@ def _em(args):
         for w in caught:
             if issubclass(w.category, ConvergenceWarning):
                 sys.stderr.write(f"pyro-vae em: warning: {w.message}\n")
-    print(f"Gaussian mixture, K={args.components} ({args.covariance}) on {n} samples x {d} features: "
-          f"log-likelihood {result['log_likelihood']:.4f} ({result['log_likelihood_per_sample']:.4f} "
-          f"per sample), BIC {result['bic']:.2f}, {gm.n_iter_} iterations, "
-          f"{'converged' if gm.converged_ else 'not converged'}")
+    print(f"Gaussian mixture, K={args.components} ({args.covariance}) on {result['n_samples']} samples x "
+          f"{result['n_features']} features: log-likelihood {result['log_likelihood']:.4f} "
+          f"({result['log_likelihood_per_sample']:.4f} per sample), BIC {result['bic']:.2f}, {gm.n_iter_} "
+          f"iterations, {'converged' if gm.converged_ else 'not converged'}")
     print("wrote " + ", ".join(files))
-
-
-# the mixture plot of `pyro-vae em` shows the first rows of the data
-_PLOTTED_ROWS = 20_000
 
 
 # ---------------------------------------------------------------------------------------
@@ -473,11 +382,9 @@ def _add_comparison_options(p, out_default):
     p.add_argument("--n-samples", type=int, default=4000, help="synthetic data size (default 4000)")
     p.add_argument("--dim", type=int, default=2, help="synthetic data dimension (default 2)")
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--device", default=None, help="cpu, cuda or auto")
     p.add_argument("--out", default=out_default, help=f"output folder (default {out_default})")
-    p.add_argument("--quiet", action="store_true", help="no progress bars")
-    p.add_argument("--json", action="store_true", help="print one JSON object with the table")
-    p.set_defaults(func=_cmd_compare)
+    _add_common_options(p, _cmd_compare, device_default=None, device_help="cpu, cuda or auto",
+                        quiet_help="no progress bars", json_help="print one JSON object with the table")
 
 
 def _cmd_compare(args):
@@ -529,6 +436,7 @@ def build_parser():
 
 # library argument names that differ from the option a user types, per command
 _FLAG_OF = {
+    "train": {"model_kind": "--model", "n_components": "--components", "source": "--data"},
     "em": {"n_components": "--components", "covariance_type": "--covariance", "init_params": "--init",
            "random_state": "--seed", "rows": "--chunk-rows"},
     "evaluate": {"steps": "--gap-steps"},

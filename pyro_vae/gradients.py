@@ -111,14 +111,10 @@ def gradient_moments(model, guide, data, groups, objective="trace", *, num_draws
     :returns: :class:`GradientMoments`.
     """
     objective = check_choice(objective, "objective", tuple(ESTIMATORS))
-    num_draws = check_int(num_draws, "num_draws", minimum=2)
-    warmup = check_int(warmup, "warmup", minimum=0)
-    warmup_lr = check_positive_float(warmup_lr, "warmup_lr")
-    num_particles = check_positive_int(num_particles, "num_particles")
-    seed = check_seed(seed, allow_none=False)
+    draws = _draw_settings(num_draws, warmup, warmup_lr, num_particles, seed)
     run = _Runner(model, guide, data, groups, warmup_params, max_plate_nesting, model_args, model_kwargs)
     with run.restoring():
-        return run.moments(objective, guide, num_draws, warmup, warmup_lr, num_particles, seed)
+        return run.moments(objective, guide, **draws)
 
 
 def gradient_variance(model, guide=None, data=None, groups=None, estimators=None, *, reference="enum",
@@ -184,17 +180,12 @@ def gradient_variance(model, guide=None, data=None, groups=None, estimators=None
     if reference is not None and reference not in specs:
         raise ValueError(f"reference {reference!r} is not one of the estimators {sorted(specs)}; pass "
                          "reference=None for no ratio")
-    num_draws = check_int(num_draws, "num_draws", minimum=2)
-    warmup = check_int(warmup, "warmup", minimum=0)
-    warmup_lr = check_positive_float(warmup_lr, "warmup_lr")
-    num_particles = check_positive_int(num_particles, "num_particles")
-    seed = check_seed(seed, allow_none=False)
+    draws = _draw_settings(num_draws, warmup, warmup_lr, num_particles, seed)
     run = _Runner(model, guide, data, groups, warmup_params, max_plate_nesting, model_args, model_kwargs)
     moments = {}
     with run.restoring():
         for label, (objective, est_guide) in specs.items():
-            moments[label] = run.moments(objective, est_guide, num_draws, warmup, warmup_lr,
-                                         num_particles, seed)
+            moments[label] = run.moments(objective, est_guide, **draws)
     rows = []
     for label, m in moments.items():
         for group in run.groups:
@@ -211,6 +202,15 @@ def gradient_variance(model, guide=None, data=None, groups=None, estimators=None
     frame.attrs["moments"] = moments
     frame.attrs["reference"] = reference
     return frame
+
+
+def _draw_settings(num_draws, warmup, warmup_lr, num_particles, seed):
+    """The checked settings of the draws, as keyword arguments of :meth:`_Runner.moments`."""
+    return {"num_draws": check_int(num_draws, "num_draws", minimum=2),
+            "warmup": check_int(warmup, "warmup", minimum=0),
+            "warmup_lr": check_positive_float(warmup_lr, "warmup_lr"),
+            "num_particles": check_positive_int(num_particles, "num_particles"),
+            "seed": check_seed(seed, allow_none=False)}
 
 
 def _estimator_specs(estimators, guide):

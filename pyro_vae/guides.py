@@ -50,7 +50,7 @@ from pyro.distributions.torch_distribution import TorchDistribution
 from pyro.distributions.transforms import ConditionalAffineAutoregressive
 from pyro.nn import ConditionalAutoRegressiveNN
 
-from pyro_vae.checks import check_int, parse_spec
+from pyro_vae.checks import call_for_distribution, check_int, parse_spec
 from pyro_vae.distributions import NoiseSpec, NormalEvent
 
 __all__ = ["GUIDES", "DEFAULT_NUM_FLOWS", "Guide", "DiagonalGuide", "FullCovarianceGuide", "IAFGuide",
@@ -564,14 +564,10 @@ def check_guide(guide, data_dim, latent_dim, like=None):
                 raise ValueError(
                     f"encoder must return (loc, scale) each of shape (N, {latent_dim}); "
                     f"got {tuple(loc.shape)} and {tuple(scale.shape)}")
-        try:
-            q = guide(x)
-        except Exception as e:
-            raise ValueError(f"the guide must map x of shape (N, {data_dim}) to a distribution over z; "
-                             f"calling it on zeros of shape (2, {data_dim}) failed: {e}") from None
-    if not isinstance(q, torch.distributions.Distribution):
-        raise TypeError(f"the guide must return a distribution over z (e.g. "
-                        f"dist.Normal(loc, scale).to_event(1)); got {type(q).__name__}")
+        q = call_for_distribution(
+            guide, (x,), f"the guide must map x of shape (N, {data_dim}) to a distribution over z; calling it "
+            f"on zeros of shape (2, {data_dim})",
+            "the guide must return a distribution over z (e.g. dist.Normal(loc, scale).to_event(1))")
     if tuple(q.event_shape) != (latent_dim,):
         hint = (" -- call .to_event(1) on it" if tuple(q.batch_shape) == (2, latent_dim) and not q.event_shape
                 else "")

@@ -30,13 +30,15 @@ from torch.nn import functional as F
 import pyro.distributions as dist
 
 from pyro_vae.distributions import BernoulliEvent, NormalEvent, inv_softplus
-from pyro_vae.checks import check_positive_float, check_positive_int, check_registered, parse_spec
+from pyro_vae.checks import call_for_distribution, check_positive_float, check_positive_int
+from pyro_vae.components import Component, build_declared, read_declaration
 
 __all__ = [
     "Likelihood",
     "Bernoulli",
     "ContinuousBernoulli",
     "Gaussian",
+    "LearnedScale",
     "GaussianShared",
     "GaussianFeature",
     "GaussianDecoder",
@@ -51,15 +53,19 @@ __all__ = [
 MIN_SCALE = 1e-3
 
 
-class Likelihood(nn.Module):
+class Likelihood(Component):
     """Base class of the likelihoods p(x|z).
 
     Subclasses set the class attribute :attr:`outputs_per_feature`, implement :meth:`forward`
-    and usually :meth:`mean` and :meth:`describe`; they may extend :meth:`validate_data`.
+    and usually :meth:`mean` and :meth:`describe` (:func:`make_likelihood` accepts what it
+    returns; those that do not override it describe themselves as a user likelihood); they may
+    extend :meth:`validate_data`.
 
     :param int data_dim: size D of a datapoint.
     """
 
+    kind = "likelihood"
+    size_name = "data_dim"
     #: number k of decoder outputs per data feature
     outputs_per_feature = 1
 
@@ -89,10 +95,6 @@ class Likelihood(nn.Module):
         return self(out).mean
 
     def describe(self):
-        """:returns: a JSON-able dict, ``{"name": ..., **hyperparameters}``, that
-        :func:`make_likelihood` accepts to build the same likelihood (with fresh parameters).
-        Subclasses that do not override it describe themselves as a user likelihood, which
-        cannot be rebuilt by name."""
         return {"name": "user", "data_dim": self.data_dim,
                 "outputs_per_feature": self.outputs_per_feature, "repr": type(self).__qualname__}
 
@@ -115,9 +117,6 @@ class Likelihood(nn.Module):
                             f"convert it with x.float()")
         if not torch.isfinite(x).all():
             raise ValueError("data contain NaN or infinite values; remove or impute them first")
-
-    def extra_repr(self):
-        return ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
 
     @staticmethod
     def _refuse_values(x, bad, message):
@@ -208,11 +207,21 @@ class Gaussian(Likelihood):
         return {"name": "gaussian", "data_dim": self.data_dim, "scale": self.scale_value}
 
 
-class _LearnedScale(Likelihood):
-    """A likelihood with a learned scale ``softplus(raw_scale) + min_scale`` of shape
-    ``scale_shape``, initialized at ``init_scale``."""
+class LearnedScale(Likelihood):
+    """Base of the likelihoods with a learned scale ``softplus(raw_scale) + min_scale``, not
+    predicted by the decoder; ``raw_scale`` starts where the scale is ``init_scale``.
 
+    A subclass sets :attr:`name` (its name for :func:`make_likelihood`), :attr:`scale_shape`
+    and :meth:`forward`.
+
+    :param int data_dim: size D of a datapoint.
+    :param float init_scale: initial scale.
+    :param float min_scale: floor on the scale.
+    """
+
+    #: the name under which :func:`make_likelihood` builds the subclass
     name = None
+    #: ``"shared"``: one scale for all features, shape ``()``; ``"feature"``: one per feature, ``(D,)``
     scale_shape = None
 
     def __init__(self, data_dim, init_scale=1.0, min_scale=MIN_SCALE):
@@ -238,13 +247,9 @@ class _LearnedScale(Likelihood):
                 "min_scale": self.min_scale}
 
 
-class GaussianShared(_LearnedScale):
-    """p(x|z) = N(x | out, sigma^2 I) with one learned sigma shared by all features.
-
-    :param int data_dim: size D of a datapoint.
-    :param float init_scale: initial sigma.
-    :param float min_scale: floor on sigma.
-    """
+class GaussianShared(LearnedScale):
+    """p(x|z) = N(x | out, sigma^2 I) with one learned sigma shared by all features; the
+    parameters are those of :class:`LearnedScale`, the scale being sigma."""
 
     name = "gaussian_shared"
     scale_shape = "shared"
@@ -255,25 +260,17 @@ class GaussianShared(_LearnedScale):
 
 
 class GaussianFeature(GaussianShared):
-    """p(x|z) = prod_i N(x_i | out_i, sigma_i^2) with a learned sigma per feature.
-
-    :param int data_dim: size D of a datapoint.
-    :param float init_scale: initial sigma.
-    :param float min_scale: floor on sigma.
-    """
+    """p(x|z) = prod_i N(x_i | out_i, sigma_i^2) with a learned sigma per feature; the
+    parameters are those of :class:`LearnedScale`, the scale being sigma."""
 
     name = "gaussian_feature"
     scale_shape = "feature"
 
 
-class Laplace(_LearnedScale):
-    """p(x|z) = prod_i Laplace(x_i | out_i, b_i) with a learned scale b_i per feature
-    (not predicted by the decoder): a robust alternative to :class:`GaussianFeature`.
-
-    :param int data_dim: size D of a datapoint.
-    :param float init_scale: initial b.
-    :param float min_scale: floor on b.
-    """
+class Laplace(LearnedScale):
+    """p(x|z) = prod_i Laplace(x_i | out_i, b_i) with a learned scale b_i per feature: a robust
+    alternative to :class:`GaussianFeature`; the parameters are those of :class:`LearnedScale`,
+    the scale being b."""
 
     name = "laplace"
     scale_shape = "feature"
@@ -367,9 +364,6 @@ class UserLikelihood(Likelihood):
         return {"name": "user", "data_dim": self.data_dim,
                 "outputs_per_feature": self.outputs_per_feature, "repr": repr(self.fn)}
 
-    def extra_repr(self):
-        return f"data_dim={self.data_dim}, outputs_per_feature={self.outputs_per_feature}"
-
 
 #: names accepted by :func:`make_likelihood`, mapped to their classes
 LIKELIHOODS = {
@@ -403,37 +397,17 @@ def make_likelihood(spec, data_dim, outputs_per_feature=None):
     :raises TypeError: when ``spec`` is none of the above.
     """
     data_dim = check_positive_int(data_dim, "data_dim")
-    if isinstance(spec, Likelihood):
-        if spec.data_dim != data_dim:
-            raise ValueError(f"the likelihood has data_dim={spec.data_dim} but the data have "
-                             f"{data_dim} features")
-        _check_k(spec, outputs_per_feature)
-        return spec
-    if isinstance(spec, torch.distributions.Distribution):
-        raise TypeError("pass the likelihood as a function of the decoder output, e.g. "
-                        "likelihood=lambda out: dist.Normal(out, 0.1).to_event(1), "
-                        "not as a distribution object")
-    name, kwargs = parse_spec(spec, "likelihood")
-    if name is None:
-        if callable(spec):
-            k = outputs_per_feature
-            if k is None:
-                k = getattr(spec, "outputs_per_feature", 1)
-            return UserLikelihood(spec, data_dim, outputs_per_feature=k)
-        raise TypeError(
-            f"likelihood must be a name ({', '.join(map(repr, LIKELIHOODS))}), a (name, kwargs) pair or dict, "
-            f"an nn.Module or a callable from decoder output to a distribution; got "
-            f"{type(spec).__name__}"
-        )
-    cls = check_registered(name, LIKELIHOODS, "likelihood")
-    given_dim = kwargs.pop("data_dim", data_dim)
-    if given_dim != data_dim:
-        raise ValueError(f"likelihood {name!r} was declared with data_dim={given_dim} but the data "
-                         f"have {data_dim} features")
-    try:
-        lik = cls(data_dim, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"invalid arguments for likelihood {name!r}: {e}") from None
+    name, cls, kwargs = read_declaration(
+        spec, Likelihood, LIKELIHOODS, data_dim, "the data have {} features",
+        "a function of the decoder output, e.g. likelihood=lambda out: dist.Normal(out, 0.1).to_event(1)",
+        "a callable from decoder output to a distribution")
+    if cls is None:  # a Likelihood, or a callable of the user's
+        if isinstance(spec, Likelihood):
+            _check_k(spec, outputs_per_feature)
+            return spec
+        k = outputs_per_feature if outputs_per_feature is not None else getattr(spec, "outputs_per_feature", 1)
+        return UserLikelihood(spec, data_dim, outputs_per_feature=k)
+    lik = build_declared(cls, data_dim, kwargs, "likelihood", name)
     _check_k(lik, outputs_per_feature)
     return lik
 
@@ -452,13 +426,8 @@ def check_likelihood(lik, data_dim):
     out = torch.zeros(2, data_dim * k,
                       dtype=ref.dtype if ref is not None else torch.get_default_dtype(),
                       device=ref.device if ref is not None else None)
-    try:
-        d = lik(out)
-    except Exception as e:
-        raise ValueError(f"calling the likelihood on decoder output of shape (N, {data_dim * k}) "
-                         f"failed with {type(e).__name__}: {e}") from e
-    if not isinstance(d, torch.distributions.Distribution):
-        raise ValueError(f"likelihood must return a Pyro distribution, got {type(d).__name__}")
+    d = call_for_distribution(lik, (out,), f"calling the likelihood on decoder output of shape (N, {data_dim * k})",
+                              "likelihood must return a Pyro distribution", error=ValueError)
     if tuple(d.event_shape) == (data_dim,) and tuple(d.batch_shape) == (2,):
         return d
     msg = (f"for decoder output of shape (2, {data_dim * k}) the likelihood must return a "

@@ -34,7 +34,6 @@ full-data ones.
 """
 
 import torch
-from torch import nn
 from torch.nn import functional as F
 
 import pyro
@@ -47,6 +46,7 @@ from pyro_vae.likelihoods import check_likelihood, make_likelihood
 from pyro_vae.networks import ACTIVATIONS, MLP, Decoder, Encoder
 from pyro_vae.priors import MixtureOfGaussians
 from pyro_vae.program_pair import BASELINE_STATE_PREFIX, data_plate
+from pyro_vae.vae import VAEBase
 
 __all__ = ["MixtureVAE", "BASELINES", "COMPONENT_SITE", "minibatch_baseline"]
 
@@ -56,7 +56,7 @@ BASELINES = (None, "decaying", "neural")
 COMPONENT_SITE = "y"
 
 
-class MixtureVAE(nn.Module):
+class MixtureVAE(VAEBase):
     """A variational autoencoder with a discrete component y and a continuous latent z.
 
     :param int data_dim: size D of a (flattened) datapoint.
@@ -125,10 +125,6 @@ class MixtureVAE(nn.Module):
     def baseline(self, value):
         self._baseline = check_choice(value, "baseline", BASELINES)
 
-    @property
-    def device(self):
-        return next(self.parameters()).device
-
     def parameter_groups(self):
         """The parameters by role, for :func:`pyro_vae.gradients.gradient_variance`.
 
@@ -177,14 +173,6 @@ class MixtureVAE(nn.Module):
     def baseline_parameters(self):
         """The neural baseline's parameters (trained by ``TraceGraph_ELBO``'s baseline loss)."""
         return list(self.baseline_net.parameters())
-
-    # ------------------------------------------------------------------ checks and plates
-    def _check_x(self, x):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor of shape (N, {self.data_dim}), got {type(x).__name__}")
-        if x.dim() != 2 or x.shape[-1] != self.data_dim:
-            raise ValueError(f"x must have shape (N, {self.data_dim}) (flatten images first); got "
-                             f"{tuple(x.shape)}")
 
     # ------------------------------------------------------------------ the networks
     def component_posterior(self, x):
@@ -313,17 +301,6 @@ class MixtureVAE(nn.Module):
         ks = torch.arange(self.n_components, device=x.device).unsqueeze(-1)  # (K, 1)
         q = self.latent_posterior(x, ks)                                      # batch (K, N)
         return self.predict_proba(x), q.loc.transpose(0, 1), q.scale.expand_as(q.loc).transpose(0, 1)
-
-    @torch.no_grad()
-    def decode(self, z):
-        """p(x|z) as a distribution.
-
-        :param torch.Tensor z: latents, shape ``(..., L)``.
-        :returns: a distribution with batch shape ``z.shape[:-1]`` and event shape ``(D,)``.
-        """
-        if z.shape[-1] != self.latent_dim:
-            raise ValueError(f"z must have shape (..., {self.latent_dim}); got {tuple(z.shape)}")
-        return self.likelihood(self.decoder(z))
 
     @torch.no_grad()
     def sample(self, num_samples, seed=None, component=None, mean=True):

@@ -21,7 +21,7 @@ from torch.nn import functional as F
 
 from pyro_vae.checks import parse_spec
 
-__all__ = ["MLP", "Encoder", "Decoder", "ConvEncoder", "ConvDecoder", "ACTIVATIONS", "NETWORKS",
+__all__ = ["MLP", "GaussianEncoder", "Encoder", "Decoder", "ConvEncoder", "ConvDecoder", "ACTIVATIONS", "NETWORKS",
            "make_encoder", "make_decoder", "describe_network"]
 
 ACTIVATIONS = {
@@ -83,7 +83,44 @@ def _loc_scale(out, latent_dim):
     return loc, F.softplus(raw) + MIN_SCALE
 
 
-class Encoder(nn.Module):
+class GaussianEncoder(nn.Module):
+    """Base of the encoders: a diagonal Gaussian q(z|x) read off the last hidden layer.
+
+    ``forward(x)`` is ``head(features(x))``. A subclass sets ``latent_dim`` and ``feature_dim``,
+    and implements :meth:`features` and :attr:`output_layer`.
+    """
+
+    def forward(self, x):
+        """
+        :param torch.Tensor x: data, shape ``(..., D)``.
+        :returns: ``(loc, scale)``, each of shape ``(..., L)``.
+        """
+        return self.head(self.features(x))
+
+    def features(self, x):
+        """The last hidden layer.
+
+        :param torch.Tensor x: data, shape ``(..., D)``.
+        :returns: features, shape ``(..., feature_dim)``.
+        """
+        raise NotImplementedError
+
+    @property
+    def output_layer(self):
+        """The layer from the features to the ``2 L`` outputs ``(loc, raw scale)``."""
+        raise NotImplementedError
+
+    def head(self, h):
+        """``(loc, scale)`` from :meth:`features`: ``forward(x) == head(features(x))``.
+
+        :param torch.Tensor h: features, shape ``(..., feature_dim)``.
+        :returns: ``(loc, scale)``, each of shape ``(..., L)``; the scale is
+            ``softplus(raw) + MIN_SCALE``.
+        """
+        return _loc_scale(self.output_layer(h), self.latent_dim)
+
+
+class Encoder(GaussianEncoder):
     """MLP encoder for a diagonal Gaussian q(z|x).
 
     :param int data_dim: size D of a datapoint.
@@ -101,30 +138,14 @@ class Encoder(nn.Module):
         #: size of :meth:`features` (the last hidden layer; the data size without hidden layers)
         self.feature_dim = hidden[-1] if hidden else self.data_dim
 
-    def forward(self, x):
-        """
-        :param torch.Tensor x: data, shape ``(..., D)``.
-        :returns: ``(loc, scale)``, each of shape ``(..., L)``.
-        """
-        return _loc_scale(self.net(x), self.latent_dim)
-
     def features(self, x):
-        """The last hidden layer.
-
-        :param torch.Tensor x: data, shape ``(..., D)``.
-        :returns: features, shape ``(..., feature_dim)``.
-        """
         for layer in list(self.net)[:-1]:
             x = layer(x)
         return x
 
-    def head(self, h):
-        """``(loc, scale)`` from :meth:`features`: ``forward(x) == head(features(x))``.
-
-        :param torch.Tensor h: features, shape ``(..., feature_dim)``.
-        :returns: ``(loc, scale)``, each of shape ``(..., L)``.
-        """
-        return _loc_scale(self.net[-1](h), self.latent_dim)
+    @property
+    def output_layer(self):
+        return self.net[-1]
 
 
 class Decoder(nn.Module):
@@ -160,7 +181,7 @@ def _image_side(data_dim):
     return side
 
 
-class ConvEncoder(nn.Module):
+class ConvEncoder(GaussianEncoder):
     """Convolutional encoder for flattened square single-channel images.
 
     Two stride-2 convolutions (4x4 kernels) halve the side twice; fully connected layers of
@@ -189,13 +210,6 @@ class ConvEncoder(nn.Module):
         #: size of :meth:`features`
         self.feature_dim = hidden[-1] if hidden else conv_out
 
-    def forward(self, x):
-        """
-        :param torch.Tensor x: flattened images, shape ``(..., side*side)``.
-        :returns: ``(loc, scale)``, each of shape ``(..., L)``.
-        """
-        return self.head(self.features(x))
-
     def features(self, x):
         """The last fully connected hidden layer.
 
@@ -208,13 +222,9 @@ class ConvEncoder(nn.Module):
             h = layer(h)
         return h.reshape(batch + (h.shape[-1],))
 
-    def head(self, h):
-        """``(loc, scale)`` from :meth:`features`.
-
-        :param torch.Tensor h: features, shape ``(..., feature_dim)``.
-        :returns: ``(loc, scale)``, each of shape ``(..., L)``.
-        """
-        return _loc_scale(self.fc[-1](h), self.latent_dim)
+    @property
+    def output_layer(self):
+        return self.fc[-1]
 
 
 class ConvDecoder(nn.Module):

@@ -28,7 +28,8 @@ from torch.nn import functional as F
 
 import pyro.distributions as dist
 
-from pyro_vae.checks import check_positive_float, check_positive_int, check_registered, parse_spec
+from pyro_vae.checks import call_for_distribution, check_positive_float, check_positive_int
+from pyro_vae.components import Component, build_declared, read_declaration
 from pyro_vae.distributions import NormalEvent, inv_softplus
 
 __all__ = [
@@ -49,13 +50,18 @@ __all__ = [
 MIN_SCALE = 1e-3
 
 
-class Prior(nn.Module):
+class Prior(Component):
     """Base class of the priors p(z).
 
-    Subclasses implement :meth:`forward` and, to be rebuilt from a run config, :meth:`describe`.
+    Subclasses implement :meth:`forward` and, to be rebuilt from a run config, :meth:`describe`
+    (:func:`make_prior` accepts what it returns); those that do not describe themselves as a
+    user prior.
 
     :param int latent_dim: size L of the latent z.
     """
+
+    kind = "prior"
+    size_name = "latent_dim"
 
     def __init__(self, latent_dim):
         super().__init__()
@@ -66,14 +72,7 @@ class Prior(nn.Module):
         raise NotImplementedError
 
     def describe(self):
-        """:returns: a JSON-able dict, ``{"name": ..., **hyperparameters}``, that
-        :func:`make_prior` accepts to build the same prior (with fresh parameters). Subclasses
-        that do not override it describe themselves as a user prior, which cannot be rebuilt
-        by name."""
         return {"name": "user", "latent_dim": self.latent_dim, "repr": type(self).__qualname__}
-
-    def extra_repr(self):
-        return ", ".join(f"{k}={v!r}" for k, v in self.describe().items() if k != "name")
 
 
 class StandardNormal(Prior):
@@ -281,9 +280,6 @@ class UserPrior(Prior):
     def describe(self):
         return {"name": "user", "latent_dim": self.latent_dim, "repr": repr(self.fn)}
 
-    def extra_repr(self):
-        return f"latent_dim={self.latent_dim}"
-
 
 #: names accepted by :func:`make_prior`, mapped to their classes
 PRIORS = {
@@ -322,38 +318,19 @@ def make_prior(spec, latent_dim, encoder=None, data_dim=None):
     :raises TypeError: when ``spec`` is none of the above.
     """
     latent_dim = check_positive_int(latent_dim, "latent_dim")
-    if isinstance(spec, Prior):
-        if spec.latent_dim != latent_dim:
-            raise ValueError(f"the prior has latent_dim={spec.latent_dim} but the model has "
-                             f"latent_dim={latent_dim}")
-        return spec
-    if isinstance(spec, torch.distributions.Distribution):
-        raise TypeError("pass the prior as a function returning the distribution, e.g. "
-                        "prior=lambda: dist.Normal(torch.zeros(L), 1.0).to_event(1), "
-                        "not as a distribution object")
-    name, kwargs = parse_spec(spec, "prior")
-    if name is None:
-        if callable(spec):
-            return UserPrior(spec, latent_dim)
-        raise TypeError(
-            f"prior must be a name ({', '.join(map(repr, PRIORS))}), a (name, kwargs) pair or dict, an "
-            f"nn.Module or a callable returning a distribution; got {type(spec).__name__}"
-        )
-    cls = check_registered(name, PRIORS, "prior")
-    given_dim = kwargs.pop("latent_dim", latent_dim)
-    if given_dim != latent_dim:
-        raise ValueError(f"prior {name!r} was declared with latent_dim={given_dim} but the model "
-                         f"has latent_dim={latent_dim}")
+    name, cls, kwargs = read_declaration(
+        spec, Prior, PRIORS, latent_dim, "the model has latent_dim={}",
+        "a function returning the distribution, e.g. prior=lambda: dist.Normal(torch.zeros(L), 1.0).to_event(1)",
+        "a callable returning a distribution")
+    if cls is None:  # a Prior, or a callable of the user's
+        return spec if isinstance(spec, Prior) else UserPrior(spec, latent_dim)
     if cls is VampPrior:
         if encoder is None or data_dim is None:
             raise ValueError("the 'vamp' prior needs the encoder and data_dim "
                              "(the VAE passes them; in code use VampPrior(latent_dim, encoder, data_dim))")
         kwargs.setdefault("encoder", encoder)
         kwargs.setdefault("data_dim", data_dim)
-    try:
-        return cls(latent_dim, **kwargs)
-    except TypeError as e:
-        raise ValueError(f"invalid arguments for prior {name!r}: {e}") from None
+    return build_declared(cls, latent_dim, kwargs, "prior", name)
 
 
 def check_prior(prior, latent_dim):
@@ -366,12 +343,8 @@ def check_prior(prior, latent_dim):
         ``batch_shape == ()`` and ``event_shape == (L,)``. Only an empty batch shape is allowed:
         the data plate adds the batch dimension.
     """
-    try:
-        d = prior()
-    except Exception as e:
-        raise ValueError(f"calling the prior failed with {type(e).__name__}: {e}") from e
-    if not isinstance(d, torch.distributions.Distribution):
-        raise ValueError(f"prior must return a Pyro distribution, got {type(d).__name__}")
+    d = call_for_distribution(prior, (), "calling the prior", "prior must return a Pyro distribution",
+                              error=ValueError)
     expected = (latent_dim,)
     if tuple(d.event_shape) == expected and tuple(d.batch_shape) == ():
         return d

@@ -1,10 +1,15 @@
-"""Run folders: train a VAE from a JSON-able configuration and write everything to one folder.
+"""Run folders: train a VAE from a JSON-able configuration and write everything to one folder;
+fit a Gaussian mixture by EM to a data file and write its run folder.
 
 A run folder holds ``config.json`` (data, model and training settings), ``history.csv``,
 ``checkpoint.pt`` (weights, optimizer and RNG states; loaded with ``weights_only=True``) and
 the figures ``elbo.png``, ``reconstructions.png`` and ``samples.png`` (and for a
 :class:`~pyro_vae.mixture_vae.MixtureVAE` of images ``components.png``, samples per component). :func:`load_run` rebuilds
-the trained VAE and its held-out data from such a folder.
+the trained VAE and its held-out data from such a folder. :func:`train_overrides` turns the
+settings a user gives (``pyro-vae train``'s options) into the configuration :func:`train_run` takes.
+
+:func:`fit_mixture_run` (``pyro-vae em``) writes ``params.json``, ``history.csv`` and, for 2-D
+data, ``mixture.png``.
 """
 
 import copy
@@ -16,7 +21,7 @@ import os
 import torch
 
 from pyro_vae import checkpoints, storage
-from pyro_vae.checks import check_bool, resolve_device
+from pyro_vae.checks import check_bool, check_positive_int, resolve_device
 from pyro_vae.data import (DATASET_NAMES, MNIST_10K_TEST_SEED, SYNTHETIC, binarize, load_split,
                            resolve_data_location, train_test_split)
 from pyro_vae.distributed import is_main_process
@@ -24,7 +29,7 @@ from pyro_vae.training import fit
 from pyro_vae.mixture_vae import MixtureVAE
 from pyro_vae.vae import VAE
 
-__all__ = ["DEFAULT_CONFIG", "RUN_FILES", "train_run", "load_run", "load_run_data", "resolve_likelihood",
+__all__ = ["DEFAULT_CONFIG", "RUN_FILES", "train_overrides", "train_run", "fit_mixture_run", "MIXTURE_RUN_FILES", "load_run", "load_run_data", "resolve_likelihood",
            "read_config", "config_tag", "clear_run_folder", "write_run_figures"]
 
 log = logging.getLogger(__name__)
@@ -120,6 +125,60 @@ def _build_vae(config, train_x):
                likelihood=likelihood, activation=m["activation"], beta=m["beta"],
                seed=config.get("seed"), guide=m.get("guide", "diagonal"), num_flows=m.get("num_flows"),
                network=m.get("network", "mlp"))
+
+
+def train_overrides(*, source=None, root=None, download=None, binarize=None, data_seed=None, model_kind=None,
+                    latent_dim=None, hidden=None, activation=None, prior=None, likelihood=None, beta=None,
+                    guide=None, num_flows=None, network=None, n_components=None, baseline=None, objective=None,
+                    num_particles=None, epochs=None, batch_size=None, lr=None, clip_norm=None, lr_schedule=None,
+                    kl_warmup=None, patience=None, seed=None):
+    """The configuration overrides for :func:`train_run` made of the settings given; a setting
+    left at ``None`` keeps its value in :data:`DEFAULT_CONFIG` (or a stored run's, on resume).
+
+    Data: ``source``, ``root``, ``download``, ``binarize``, ``data_seed`` (``data.seed``, of
+    synthetic data); a source other than ``"mnist10k"`` is not binarized unless ``binarize``
+    says so. Model: ``model_kind`` (``"vae"`` or ``"mixture_vae"``), ``latent_dim``, ``hidden``,
+    ``activation``, ``likelihood``; for a VAE also ``prior``, ``beta``, ``guide``,
+    ``num_flows``, ``network``; for a mixture_vae ``n_components`` and ``baseline``
+    (``"none"``, ``"decaying"`` or ``"neural"``), and the objective defaults to ``"enum"``.
+    Training: ``objective``, ``num_particles``, ``epochs``, ``batch_size``, ``lr``,
+    ``clip_norm``, ``lr_schedule``, ``kl_warmup``, ``patience``; ``seed``.
+
+    :returns: dict with the layout of :data:`DEFAULT_CONFIG`, holding only the settings given.
+    :raises ValueError: a setting of the other model kind, or ``n_components`` below 1.
+    """
+    data = {"source": source, "root": root, "download": download, "binarize": binarize, "seed": data_seed}
+    if source is not None and source != "mnist10k" and binarize is None:
+        data["binarize"] = False
+    model = {"latent_dim": latent_dim, "hidden": hidden, "activation": activation, "prior": prior,
+             "likelihood": likelihood, "beta": beta, "guide": guide, "num_flows": num_flows, "network": network}
+    fit_settings = {"objective": objective, "num_particles": num_particles, "epochs": epochs,
+                    "batch_size": batch_size, "lr": lr, "clip_norm": clip_norm, "lr_schedule": lr_schedule,
+                    "kl_warmup": kl_warmup, "patience": patience}
+    config = {"data": {k: v for k, v in data.items() if v is not None},
+              "model": {k: v for k, v in model.items() if v is not None},
+              "fit": {k: v for k, v in fit_settings.items() if v is not None}}
+    if seed is not None:
+        config["seed"] = seed
+    if model_kind != "mixture_vae":
+        for name, value in (("n_components", n_components), ("baseline", baseline)):
+            if value is not None:
+                raise ValueError(f"{name} belongs to model_kind=mixture_vae")
+        if model_kind is not None:
+            config["model"]["kind"] = model_kind
+        return config
+    for name, value in (("prior", prior), ("guide", guide), ("num_flows", num_flows), ("network", network),
+                        ("beta", beta)):
+        if value is not None:
+            raise ValueError(f"{name} is an option of model_kind=vae; the mixture_vae has its own prior (a "
+                             "learned mixture) and guide q(y|x) q(z|x,y)")
+    config["model"]["kind"] = "mixture_vae"
+    if n_components is not None:
+        config["model"]["n_components"] = check_positive_int(n_components, "n_components")
+    if baseline is not None:
+        config["model"]["baseline"] = None if baseline == "none" else baseline
+    config["fit"].setdefault("objective", "enum")
+    return config
 
 
 def _merge(base, override):
@@ -411,3 +470,73 @@ def load_run(run_dir, device="cpu"):
         vae.load_state_dict(checkpoints.trained_state(ck, ck_path, named=vae.state_dict(), tag=config_tag(config)))
     vae.to(device).eval()
     return vae, config, test_x.to(device)
+
+
+#: the files :func:`fit_mixture_run` writes
+MIXTURE_RUN_FILES = ("params.json", "history.csv", "mixture.png")
+# the mixture plot shows the first rows of the data
+_PLOTTED_ROWS = 20_000
+
+
+def fit_mixture_run(out_dir, data, *, chunk_rows=None, n_components=2, covariance_type="full", init_params="kmeans",
+                    n_init=1, max_iter=100, tol=1e-3, reg_covar=1e-6, random_state=0, device="cpu"):
+    """Fit a Gaussian mixture by EM to the rows of a data file and write the run folder ``out_dir``.
+
+    The folder holds ``params.json`` (the returned results, with weights, means and
+    covariances), ``history.csv`` (:attr:`GaussianMixture.history_`) and, for 2-D data,
+    ``mixture.png`` (the first 20,000 rows and the components' ellipses). Warnings of the fit
+    (:class:`~pyro_vae.mixture.ConvergenceWarning`) are issued as usual.
+
+    :param str out_dir: the run folder (created if needed; refused if it is a file, before any
+        computing).
+    :param str data: a data file of :func:`pyro_vae.data.load_data` (CSV, .npy, .npz, .pt),
+        one row per sample, read in float64.
+    :param int chunk_rows: read a CSV file this many rows at a time
+        (:class:`pyro_vae.data.CsvChunks`) instead of loading it whole.
+    :param n_components, covariance_type, init_params, n_init, max_iter, tol, reg_covar, random_state, device:
+        those of :class:`~pyro_vae.mixture.GaussianMixture`.
+    :returns: ``(gm, result, files)``: the fitted :class:`~pyro_vae.mixture.GaussianMixture`; a
+        dict with ``data``, ``n_samples``, ``n_features``, ``n_components``,
+        ``covariance_type``, ``log_likelihood`` (summed over the rows),
+        ``log_likelihood_per_sample``, ``lower_bound``, ``bic``, ``aic``, ``n_parameters``,
+        ``n_iter``, ``converged``, ``seed``, ``weights`` ``(K,)``, ``means`` ``(K, D)`` and
+        ``covariances`` (CPU tensors); the paths written.
+    :raises ValueError: ``chunk_rows`` with a file other than CSV, or what
+        :class:`~pyro_vae.mixture.GaussianMixture` refuses.
+    """
+    from pyro_vae.data import CsvChunks, load_data
+    from pyro_vae.mixture import GaussianMixture
+    from pyro_vae.mixture.sources import first_rows
+
+    with storage.output_folder(out_dir, "output folder"):  # usable before anything is computed
+        device = resolve_device(device)
+        if chunk_rows is None:
+            x = load_data(data, dtype=torch.float64, scale=None).x.to(device)
+        else:
+            if not os.fspath(data).lower().endswith(".csv"):
+                raise ValueError("chunk_rows reads CSV files; convert the data to CSV, or leave it out to load "
+                                 "the whole file")
+            x = CsvChunks(data, chunk_rows)
+        gm = GaussianMixture(n_components=n_components, covariance_type=covariance_type, tol=tol,
+                             reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
+                             random_state=random_state, device=device).fit(x)
+        log_likelihood = gm.score_samples(x)
+        n, total = log_likelihood.shape[0], float(log_likelihood.sum())
+        result = {
+            "data": os.fspath(data), "n_samples": n, "n_features": gm.n_features_in_, "n_components": gm.n_components,
+            "covariance_type": gm.covariance_type, "log_likelihood": total,
+            "log_likelihood_per_sample": total / n, "lower_bound": gm.lower_bound_, "bic": gm.bic(x),
+            "aic": gm.aic(x), "n_parameters": gm.n_parameters(), "n_iter": gm.n_iter_,
+            "converged": gm.converged_, "seed": random_state, "weights": gm.weights_.cpu(),
+            "means": gm.means_.cpu(), "covariances": gm.covariances_.cpu(),
+        }
+        files = [os.path.join(out_dir, name) for name in MIXTURE_RUN_FILES[:2]]
+        storage.write_json(files[0], result)
+        storage.write_csv(files[1], gm.history_)
+        if gm.n_features_in_ == 2:
+            from pyro_vae.plots import plot_mixture_2d
+
+            shown = x[:_PLOTTED_ROWS] if chunk_rows is None else first_rows(x, _PLOTTED_ROWS)
+            files.append(os.path.join(out_dir, MIXTURE_RUN_FILES[2]))
+            storage.save_figure(plot_mixture_2d(shown.cpu(), gm), files[2])
+    return gm, result, files

@@ -25,10 +25,42 @@ from pyro_vae.likelihoods import check_likelihood, make_likelihood
 from pyro_vae.networks import describe_network, make_decoder, make_encoder
 from pyro_vae.priors import check_prior, make_prior
 
-__all__ = ["VAE", "AmortizedGuide"]
+__all__ = ["VAEBase", "VAE", "AmortizedGuide"]
 
 
-class VAE(nn.Module):
+class VAEBase(nn.Module):
+    """What the variational autoencoders of the package (:class:`VAE`,
+    :class:`~pyro_vae.mixture_vae.MixtureVAE`) share: data of size ``data_dim``, a latent z of
+    size ``latent_dim``, and a ``decoder`` network whose output the ``likelihood`` turns into
+    p(x|z). A subclass sets these four attributes.
+    """
+
+    @property
+    def device(self):
+        """The device of the parameters."""
+        return next(self.parameters()).device
+
+    def _check_x(self, x):
+        if not isinstance(x, torch.Tensor):
+            raise TypeError(f"x must be a torch.Tensor of shape (N, {self.data_dim}), got {type(x).__name__}")
+        if x.dim() != 2 or x.shape[-1] != self.data_dim:
+            raise ValueError(
+                f"x must have shape (N, {self.data_dim}) (flatten images first); got {tuple(x.shape)}"
+            )
+
+    @torch.no_grad()
+    def decode(self, z):
+        """p(x|z) as a distribution.
+
+        :param torch.Tensor z: latents, shape ``(..., L)``.
+        :returns: a distribution with batch shape ``z.shape[:-1]`` and event shape ``(D,)``.
+        """
+        if z.shape[-1] != self.latent_dim:
+            raise ValueError(f"z must have shape (..., {self.latent_dim}); got {tuple(z.shape)}")
+        return self.likelihood(self.decoder(z))
+
+
+class VAE(VAEBase):
     """A variational autoencoder written as a Pyro ``model`` and ``guide``.
 
     :param int data_dim: size D of a (flattened) datapoint.
@@ -143,10 +175,6 @@ class VAE(nn.Module):
         """``"diagonal"``, ``"full"``, ``"iaf"`` or ``"user"``."""
         return describe_guide(self.q)["name"]
 
-    @property
-    def device(self):
-        return next(self.parameters()).device
-
     def _load_from_state_dict(self, state_dict, prefix, *args, **kwargs):
         # checkpoints written before the guide families kept the encoder at "encoder.*"; it is
         # now "q.encoder.*" (the guide module owns it)
@@ -164,14 +192,6 @@ class VAE(nn.Module):
             raise ValueError(
                 f"decoder must map z of shape (N, {self.latent_dim}) to (N, {self.data_dim * k}) "
                 f"(data_dim * outputs per feature of the likelihood); got {tuple(out.shape)}"
-            )
-
-    def _check_x(self, x):
-        if not isinstance(x, torch.Tensor):
-            raise TypeError(f"x must be a torch.Tensor of shape (N, {self.data_dim}), got {type(x).__name__}")
-        if x.dim() != 2 or x.shape[-1] != self.data_dim:
-            raise ValueError(
-                f"x must have shape (N, {self.data_dim}) (flatten images first); got {tuple(x.shape)}"
             )
 
     def _plate(self, x, num_data):
@@ -310,17 +330,6 @@ class VAE(nn.Module):
         """
         self._check_x(x)
         return location_scale(self.q, x)
-
-    @torch.no_grad()
-    def decode(self, z):
-        """p(x|z) as a distribution.
-
-        :param torch.Tensor z: latents, shape ``(..., L)``.
-        :returns: a distribution with batch shape ``z.shape[:-1]`` and event shape ``(D,)``.
-        """
-        if z.shape[-1] != self.latent_dim:
-            raise ValueError(f"z must have shape (..., {self.latent_dim}); got {tuple(z.shape)}")
-        return self.likelihood(self.decoder(z))
 
     @torch.no_grad()
     def sample(self, num_samples, seed=None, mean=True):

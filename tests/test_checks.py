@@ -5,7 +5,7 @@ import pytest
 import torch
 
 from pyro_vae.checks import (
-    as_data_tensor, check_bool, check_callable, check_choice, check_finite, check_float, check_int,
+    as_data_tensor, call_for_distribution, check_bool, check_callable, check_choice, check_finite, check_float, check_int,
     check_positive_float, check_positive_int, check_program_args, check_seed, fork_rng, parse_spec,
     resolve_device,
 )
@@ -63,6 +63,18 @@ def test_program_args():
         check_program_args(3, None)
     with pytest.raises(TypeError, match="model_kwargs must be a dict.*got list"):
         check_program_args((), [1])
+
+
+def test_call_for_distribution_returns_it_or_says_what_went_wrong():
+    d = call_for_distribution(lambda s: torch.distributions.Normal(0.0, s), (2.0,), "calling f", "f must return one")
+    assert isinstance(d, torch.distributions.Normal) and float(d.scale) == 2.0
+    with pytest.raises(ValueError, match="calling f failed with ZeroDivisionError: division by zero") as info:
+        call_for_distribution(lambda: 1 / 0, (), "calling f", "f must return one")
+    assert isinstance(info.value.__cause__, ZeroDivisionError)
+    with pytest.raises(TypeError, match="^f must return one, got Tensor$"):
+        call_for_distribution(torch.zeros, (2,), "calling f", "f must return one")
+    with pytest.raises(ValueError, match="^f must return one, got int$"):
+        call_for_distribution(lambda: 3, (), "calling f", "f must return one", error=ValueError)
 
 
 def test_parse_spec_forms():

@@ -1,13 +1,18 @@
 import json
 import os
 
+import numpy as np
 import pandas as pd
 import pytest
 import torch
 
+from gaussian_mixtures import mixture_data, overlapping_data
+from pyro_vae.ais import ais_log_likelihood
 from pyro_vae.cli import main
 from pyro_vae.data import load_split
-from pyro_vae.runs import load_run
+from pyro_vae.importance import log_likelihood
+from pyro_vae.mixture import GaussianMixture
+from pyro_vae.runs import load_run, train_run
 
 
 def test_train_writes_a_complete_run_folder_and_resumes(tmp_path, capsys):
@@ -259,3 +264,219 @@ def test_train_a_mixture_vae_writes_a_run_folder_that_loads_and_evaluates(tmp_pa
                  "--out", str(tmp_path / "n")]) == 2
     assert main(["train", "--data", "synthetic", "--components", "3", "--out", str(tmp_path / "n")]) == 2
     assert "--components belongs to --model mixture_vae" in capsys.readouterr().err
+
+
+# ----------------------------------------------------------------------------- evaluate, em, runs elsewhere
+TINY_RUN = {"model": {"latent_dim": 1, "hidden": [4], "prior": "normal", "likelihood": "gaussian_feature"},
+            "fit": {"epochs": 1, "batch_size": 32}}
+
+
+def _write_csv(path, x):
+    pd.DataFrame(np.asarray(x), columns=[f"f{i}" for i in range(np.asarray(x).shape[1])]).to_csv(path, index=False)
+
+
+def test_cli_evaluate_with_ais(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from pyro_vae.cli import main
+    from pyro_vae.runs import load_run
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "synthetic", "--latent-dim", "2", "--hidden", "8", "--epochs", "1",
+                 "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--method", "ais", "--num-steps", "4", "--num-chains", "3",
+                 "--num-leapfrog-steps", "2", "--seed", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    vae, _, test_x = load_run(str(run))
+    est = ais_log_likelihood(vae.model, vae.guide, test_x, 4, 3, num_leapfrog_steps=2, seed=2)
+    df = pd.read_csv(run / "log_likelihood_ais.csv")
+    assert list(df.columns) == ["datapoint", "log_px", "mean_log_weight", "ess", "mc_stderr",
+                                "acceptance_rate", "step_size"]
+    assert len(df) == test_x.shape[0]
+    assert np.allclose(df["log_px"], est.per_datapoint.numpy(), atol=1e-5)
+    assert result["method"] == "ais" and result["num_steps"] == 4 and result["num_chains"] == 3
+    assert result["mean"] == pytest.approx(est.mean, abs=1e-5)
+    assert result["files"] == [str(run / "log_likelihood_ais.csv")]
+    assert not (run / "log_likelihood.csv").exists()  # the importance-sampling table is untouched
+
+    assert main(["evaluate", str(run), "--method", "ais", "--num-steps", "4", "--num-chains", "3",
+                 "--num-leapfrog-steps", "2", "--seed", "2"]) == 0
+    text = capsys.readouterr().out
+    assert f"log p(x) = {est.mean:.3f} +- {est.stderr:.3f}" in text and "by AIS" in text
+
+    for argv, needle in ((["--num-steps", "0"], "--num-steps"), (["--num-chains", "0"], "--num-chains"),
+                         (["--gaps"], "--gaps"), (["--particle-batch-size", "5"], "--particle-batch-size")):
+        assert main(["evaluate", str(run), "--method", "ais"] + argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_cli_evaluate(tmp_path, capsys):
+    import json
+
+    import numpy as np
+    import pandas as pd
+
+    from pyro_vae.cli import main
+    from pyro_vae.runs import load_run
+
+    run = tmp_path / "run"
+    assert main(["train", "--data", "synthetic", "--latent-dim", "2", "--hidden", "8", "--epochs", "1",
+                 "--out", str(run), "--quiet"]) == 0
+    capsys.readouterr()
+    assert main(["evaluate", str(run), "--num-samples", "30", "--seed", "2", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)
+    vae, _, test_x = load_run(str(run))
+    est = log_likelihood(vae.model, vae.guide, test_x, 30, seed=2)
+    df = pd.read_csv(run / "log_likelihood.csv")
+    assert list(df.columns) == ["datapoint", "log_px", "elbo", "gap", "ess", "mc_stderr"]
+    assert len(df) == test_x.shape[0]
+    assert np.allclose(df["log_px"], est.per_datapoint.numpy(), atol=1e-5)
+    assert result["mean"] == pytest.approx(est.mean, abs=1e-5)
+    assert result["stderr"] == pytest.approx(est.stderr, abs=1e-5)
+    assert result["num_samples"] == 30 and result["num_datapoints"] == test_x.shape[0]
+
+    assert main(["evaluate", str(run), "--num-samples", "30", "--seed", "2", "--gaps", "--gap-points", "4",
+                 "--gap-steps", "5"]) == 0
+    text = capsys.readouterr().out
+    assert f"log p(x) = {est.mean:.3f} +- {est.stderr:.3f}" in text
+    assert "amortization_gap" in text
+    gaps = pd.read_csv(run / "gaps.csv")
+    assert len(gaps) == 4 and {"log_px", "approximation_gap", "amortization_gap"} <= set(gaps.columns)
+    assert not [p for p in run.iterdir() if ".tmp" in p.name]
+
+    np.save(tmp_path / "other.npy", np.random.default_rng(0).normal(size=(7, 2)).astype("float32"))
+    assert main(["evaluate", str(run), "--num-samples", "5", "--data", str(tmp_path / "other.npy"),
+                 "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_datapoints"] == 7
+
+    for argv, needle in ((["evaluate", str(tmp_path / "missing")], "missing"),
+                         (["evaluate", str(run), "--num-samples", "0"], "--num-samples"),
+                         (["evaluate", str(run), "--data", str(tmp_path / "x3.npy")], "features")):
+        if "x3.npy" in argv[-1]:
+            np.save(tmp_path / "x3.npy", np.zeros((4, 3), dtype="float32"))
+        assert main(argv) == 2
+        err = capsys.readouterr().err.strip()
+        assert len(err.splitlines()) == 1 and needle in err
+
+
+def test_cli_em_writes_the_run_folder(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    x, _ = mixture_data(300, seed=16)
+    data = tmp_path / "points.csv"
+    _write_csv(data, x.numpy())
+    out = tmp_path / "run"
+    code = main(["em", "--data", str(data), "--components", "3", "--covariance", "full",
+                 "--out", str(out), "--seed", "1", "--json", "--quiet"])
+    assert code == 0
+    printed = json.loads(capsys.readouterr().out)
+    for name in ("params.json", "history.csv", "mixture.png"):
+        assert (out / name).is_file()
+    params = json.loads((out / "params.json").read_text())
+    gm = GaussianMixture(3, random_state=1).fit(x)
+    assert params["log_likelihood"] == pytest.approx(gm.score_samples(x).sum().item(), rel=1e-10)
+    assert printed["log_likelihood_per_sample"] == pytest.approx(gm.score(x), rel=1e-10)
+    assert printed["bic"] == pytest.approx(gm.bic(x), rel=1e-10)
+    assert printed["aic"] == pytest.approx(gm.aic(x), rel=1e-10)
+    assert params["n_iter"] == gm.n_iter_ and params["converged"] is True
+    np.testing.assert_allclose(np.array(params["means"]), gm.means_.numpy(), rtol=1e-12)
+    assert np.array(params["covariances"]).shape == (3, 2, 2)
+    history = pd.read_csv(out / "history.csv")
+    assert list(history.columns) == ["iteration", "log_likelihood", "seconds"]
+    assert len(history) == gm.n_iter_
+
+    # 3-D data: no plot; human-readable summary
+    data3 = tmp_path / "points3.csv"
+    _write_csv(data3, overlapping_data(n=100, d=3).numpy())
+    code = main(["em", "--data", str(data3), "--components", "2", "--covariance", "diag",
+                 "--out", str(tmp_path / "run3")])
+    assert code == 0
+    text = capsys.readouterr().out
+    assert "log-likelihood" in text and "BIC" in text and "iterations" in text
+    assert not (tmp_path / "run3" / "mixture.png").exists()
+
+
+def test_cli_em_reads_a_csv_in_chunks(tmp_path, capsys):
+    from pyro_vae.cli import main
+
+    x, _ = mixture_data(300, seed=16)
+    data = tmp_path / "points.csv"
+    _write_csv(data, x.numpy())
+    results = []
+    for extra, out in (([], "whole"), (["--chunk-rows", "64"], "chunks")):
+        code = main(["em", "--data", str(data), "--components", "3", "--out", str(tmp_path / out),
+                     "--seed", "1", "--json", "--quiet", *extra])
+        assert code == 0
+        results.append(json.loads(capsys.readouterr().out))
+        assert (tmp_path / out / "mixture.png").is_file()
+    whole, chunks = results
+    assert chunks["n_samples"] == 300 and chunks["n_iter"] == whole["n_iter"]
+    for key in ("log_likelihood", "bic", "aic", "lower_bound"):
+        assert chunks[key] == pytest.approx(whole[key], rel=1e-10), key
+    means = [np.array(json.loads((tmp_path / o / "params.json").read_text())["means"]) for o in ("whole", "chunks")]
+    np.testing.assert_allclose(means[1], means[0], rtol=0, atol=1e-9)
+    assert main(["em", "--data", str(data), "--chunk-rows", "0", "--out", str(tmp_path / "x")]) == 2
+    assert "--chunk-rows must be" in capsys.readouterr().err
+    npy = tmp_path / "points.npy"
+    np.save(npy, x.numpy())
+    assert main(["em", "--data", str(npy), "--chunk-rows", "10", "--out", str(tmp_path / "y")]) == 2
+    assert "--chunk-rows reads CSV files" in capsys.readouterr().err
+
+
+@pytest.mark.parametrize("content, args, match", [
+    (None, [], "no file"),
+    ("a,b\n1,x\n2,y\n3,z\n", [], "not numeric"),
+    ("a,b\n1,2\n,3\n4,5\n", [], "missing values"),
+    ("a,b\n1,2\n3,4\n", ["--components", "5"], "2 samples but --components 5"),
+    ("a,b\n1,2\n3,4\n", ["--components", "0"], "--components must be"),
+    ("a,b\n1,2\n3,4\n", ["--device", "gpu"], "--device 'gpu' is not a device"),
+])
+def test_cli_em_bad_input_exits_with_code_2(tmp_path, capsys, content, args, match):
+    from pyro_vae.cli import main
+
+    path = tmp_path / "data.csv"
+    if content is not None:
+        path.write_text(content)
+    code = main(["em", "--data", str(path), "--out", str(tmp_path / "run"), *args])
+    assert code == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("option,value,needle", [("--lr", "inf", "lr must be finite"),
+                                                 ("--lr", "1e6", "diverged"),
+                                                 ("--beta", "inf", "beta must be finite")])
+def test_the_command_line_reports_bad_or_diverging_settings_in_one_line(tmp_path, capsys, option, value,
+                                                                         needle):
+    from pyro_vae.cli import main
+
+    code = main(["train", "--data", "synthetic", "--latent-dim", "2", "--hidden", "8", "--epochs", "3",
+                 "--batch-size", "64", option, value, "--out", str(tmp_path / "r"), "--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, err
+
+
+def test_a_relative_data_path_works_from_any_directory(tmp_path, monkeypatch, capsys):
+    """Train in one working directory with a relative --data path, evaluate from another."""
+    project = tmp_path / "project"
+    project.mkdir()
+    rng = np.random.default_rng(0)
+    np.savetxt(project / "points.csv", rng.normal(size=(60, 2)), delimiter=",", header="a,b", comments="")
+    monkeypatch.chdir(project)
+    train_run("run", {**TINY_RUN, "data": {"source": "points.csv", "binarize": False}}, quiet=True)
+    config = json.loads((project / "run" / "config.json").read_text())
+    assert os.path.isabs(config["data"]["source"])
+    _, _, test_x = load_run("run")
+
+    elsewhere = tmp_path / "elsewhere"
+    elsewhere.mkdir()
+    monkeypatch.chdir(elsewhere)
+    _, _, test_x2 = load_run(str(project / "run"))
+    assert torch.equal(test_x, test_x2)
+    assert main(["evaluate", str(project / "run"), "--num-samples", "4", "--json"]) == 0
+    assert json.loads(capsys.readouterr().out)["num_datapoints"] == test_x.shape[0]

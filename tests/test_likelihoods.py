@@ -16,6 +16,7 @@ from pyro_vae.likelihoods import (
     GaussianFeature,
     GaussianShared,
     Laplace,
+    LearnedScale,
     Likelihood,
     UserLikelihood,
     check_likelihood,
@@ -121,6 +122,26 @@ def test_means():
         torch.testing.assert_close(lik.mean(out), out)
     both = torch.cat([out, -out], -1)
     torch.testing.assert_close(GaussianDecoder(D).mean(both), out)
+
+
+def test_a_learned_scale_likelihood_of_the_users_is_built_on_learned_scale():
+    class Cauchy(LearnedScale):
+        name = "cauchy"
+        scale_shape = "feature"
+
+        def forward(self, out):
+            self._check_out(out)
+            return dist.Cauchy(out, self.scale.expand(out.shape)).to_event(1)
+
+    lik = Cauchy(D, init_scale=0.3, min_scale=0.1)
+    torch.testing.assert_close(lik.scale, torch.full((D,), 0.3))
+    assert lik.describe() == {"name": "cauchy", "data_dim": D, "init_scale": 0.3, "min_scale": 0.1}
+    out, x = torch.randn(3, D), torch.randn(3, D)
+    expected = torch.distributions.Cauchy(out, 0.3).log_prob(x).sum(-1)
+    torch.testing.assert_close(lik(out).log_prob(x), expected)
+    torch.testing.assert_close(lik.mean(out), out)
+    with pytest.raises(ValueError, match="init_scale must exceed min_scale"):
+        Cauchy(D, init_scale=0.1, min_scale=0.1)
 
 
 @pytest.mark.parametrize("name", LEARNED)

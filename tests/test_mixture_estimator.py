@@ -6,7 +6,6 @@ parameters of synthetic data, closed-form identities (ELBO = log p(x) - KL, impo
 p(x) under the exact posterior).
 """
 
-import json
 import math
 import pickle
 import warnings
@@ -573,91 +572,3 @@ def test_plot_mixture_2d_draws_one_ellipse_per_component():
         np.testing.assert_allclose(sorted([e.width, e.height]), 4 * np.sqrt(vals), rtol=1e-10)
     import matplotlib.pyplot as plt
     plt.close(fig)
-
-
-def _write_csv(path, x):
-    pd.DataFrame(np.asarray(x), columns=[f"f{i}" for i in range(np.asarray(x).shape[1])]).to_csv(path, index=False)
-
-
-def test_cli_em_writes_the_run_folder(tmp_path, capsys):
-    from pyro_vae.cli import main
-
-    x, _ = mixture_data(300, seed=16)
-    data = tmp_path / "points.csv"
-    _write_csv(data, x.numpy())
-    out = tmp_path / "run"
-    code = main(["em", "--data", str(data), "--components", "3", "--covariance", "full",
-                 "--out", str(out), "--seed", "1", "--json", "--quiet"])
-    assert code == 0
-    printed = json.loads(capsys.readouterr().out)
-    for name in ("params.json", "history.csv", "mixture.png"):
-        assert (out / name).is_file()
-    params = json.loads((out / "params.json").read_text())
-    gm = GaussianMixture(3, random_state=1).fit(x)
-    assert params["log_likelihood"] == pytest.approx(gm.score_samples(x).sum().item(), rel=1e-10)
-    assert printed["log_likelihood_per_sample"] == pytest.approx(gm.score(x), rel=1e-10)
-    assert printed["bic"] == pytest.approx(gm.bic(x), rel=1e-10)
-    assert printed["aic"] == pytest.approx(gm.aic(x), rel=1e-10)
-    assert params["n_iter"] == gm.n_iter_ and params["converged"] is True
-    np.testing.assert_allclose(np.array(params["means"]), gm.means_.numpy(), rtol=1e-12)
-    assert np.array(params["covariances"]).shape == (3, 2, 2)
-    history = pd.read_csv(out / "history.csv")
-    assert list(history.columns) == ["iteration", "log_likelihood", "seconds"]
-    assert len(history) == gm.n_iter_
-
-    # 3-D data: no plot; human-readable summary
-    data3 = tmp_path / "points3.csv"
-    _write_csv(data3, overlapping_data(n=100, d=3).numpy())
-    code = main(["em", "--data", str(data3), "--components", "2", "--covariance", "diag",
-                 "--out", str(tmp_path / "run3")])
-    assert code == 0
-    text = capsys.readouterr().out
-    assert "log-likelihood" in text and "BIC" in text and "iterations" in text
-    assert not (tmp_path / "run3" / "mixture.png").exists()
-
-
-def test_cli_em_reads_a_csv_in_chunks(tmp_path, capsys):
-    from pyro_vae.cli import main
-
-    x, _ = mixture_data(300, seed=16)
-    data = tmp_path / "points.csv"
-    _write_csv(data, x.numpy())
-    results = []
-    for extra, out in (([], "whole"), (["--chunk-rows", "64"], "chunks")):
-        code = main(["em", "--data", str(data), "--components", "3", "--out", str(tmp_path / out),
-                     "--seed", "1", "--json", "--quiet", *extra])
-        assert code == 0
-        results.append(json.loads(capsys.readouterr().out))
-        assert (tmp_path / out / "mixture.png").is_file()
-    whole, chunks = results
-    assert chunks["n_samples"] == 300 and chunks["n_iter"] == whole["n_iter"]
-    for key in ("log_likelihood", "bic", "aic", "lower_bound"):
-        assert chunks[key] == pytest.approx(whole[key], rel=1e-10), key
-    means = [np.array(json.loads((tmp_path / o / "params.json").read_text())["means"]) for o in ("whole", "chunks")]
-    np.testing.assert_allclose(means[1], means[0], rtol=0, atol=1e-9)
-    assert main(["em", "--data", str(data), "--chunk-rows", "0", "--out", str(tmp_path / "x")]) == 2
-    assert "--chunk-rows must be" in capsys.readouterr().err
-    npy = tmp_path / "points.npy"
-    np.save(npy, x.numpy())
-    assert main(["em", "--data", str(npy), "--chunk-rows", "10", "--out", str(tmp_path / "y")]) == 2
-    assert "--chunk-rows reads CSV files" in capsys.readouterr().err
-
-
-@pytest.mark.parametrize("content, args, match", [
-    (None, [], "no file"),
-    ("a,b\n1,x\n2,y\n3,z\n", [], "not numeric"),
-    ("a,b\n1,2\n,3\n4,5\n", [], "missing values"),
-    ("a,b\n1,2\n3,4\n", ["--components", "5"], "2 samples but --components 5"),
-    ("a,b\n1,2\n3,4\n", ["--components", "0"], "--components must be"),
-    ("a,b\n1,2\n3,4\n", ["--device", "gpu"], "--device 'gpu' is not a device"),
-])
-def test_cli_em_bad_input_exits_with_code_2(tmp_path, capsys, content, args, match):
-    from pyro_vae.cli import main
-
-    path = tmp_path / "data.csv"
-    if content is not None:
-        path.write_text(content)
-    code = main(["em", "--data", str(path), "--out", str(tmp_path / "run"), *args])
-    assert code == 2
-    err = capsys.readouterr().err
-    assert match in err and len(err.strip().splitlines()) == 1

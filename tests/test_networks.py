@@ -1,8 +1,8 @@
 import pytest
 import torch
 
-from pyro_vae.networks import (MLP, ConvDecoder, ConvEncoder, Decoder, Encoder, describe_network,
-                               make_decoder, make_encoder)
+from pyro_vae.networks import (MIN_SCALE, MLP, ConvDecoder, ConvEncoder, Decoder, Encoder, GaussianEncoder,
+                               describe_network, make_decoder, make_encoder)
 
 
 def test_mlp_layers_and_shapes():
@@ -56,6 +56,31 @@ def test_encoder_is_its_head_on_its_features(hidden):
     for layer in list(enc.net)[:-1]:
         a = layer(a)
     assert torch.equal(h, a)
+
+
+def test_an_encoder_of_the_users_gets_forward_and_head_from_its_two_halves():
+    class Squares(GaussianEncoder):
+        latent_dim, feature_dim = 2, 3
+
+        def __init__(self):
+            super().__init__()
+            self.out = torch.nn.Linear(3, 4)
+
+        def features(self, x):
+            return x.square()
+
+        @property
+        def output_layer(self):
+            return self.out
+
+    enc = Squares()
+    x = torch.randn(5, 3)
+    raw = enc.out(x.square())
+    loc, scale = enc(x)
+    torch.testing.assert_close(loc, raw[:, :2])
+    torch.testing.assert_close(scale, torch.nn.functional.softplus(raw[:, 2:]) + MIN_SCALE)
+    torch.testing.assert_close(enc.head(enc.features(x)), (loc, scale))
+    assert isinstance(Encoder(3, 2, (4,)), GaussianEncoder) and isinstance(ConvEncoder(16, 2), GaussianEncoder)
 
 
 def test_conv_encoder_is_its_head_on_its_features():

@@ -6,33 +6,12 @@ import pandas as pd
 import pytest
 import torch
 
-from pyro_vae.cli import main
 from pyro_vae.data import load_split
 from pyro_vae.runs import load_run, load_run_data, train_run
 
 TINY = {"model": {"latent_dim": 1, "hidden": [4], "prior": "normal", "likelihood": "gaussian_feature"},
         "fit": {"epochs": 1, "batch_size": 32}}
 
-
-def test_a_relative_data_path_works_from_any_directory(tmp_path, monkeypatch, capsys):
-    """Train in one working directory with a relative --data path, evaluate from another."""
-    project = tmp_path / "project"
-    project.mkdir()
-    rng = np.random.default_rng(0)
-    np.savetxt(project / "points.csv", rng.normal(size=(60, 2)), delimiter=",", header="a,b", comments="")
-    monkeypatch.chdir(project)
-    train_run("run", {**TINY, "data": {"source": "points.csv", "binarize": False}}, quiet=True)
-    config = json.loads((project / "run" / "config.json").read_text())
-    assert os.path.isabs(config["data"]["source"])
-    _, _, test_x = load_run("run")
-
-    elsewhere = tmp_path / "elsewhere"
-    elsewhere.mkdir()
-    monkeypatch.chdir(elsewhere)
-    _, _, test_x2 = load_run(str(project / "run"))
-    assert torch.equal(test_x, test_x2)
-    assert main(["evaluate", str(project / "run"), "--num-samples", "4", "--json"]) == 0
-    assert json.loads(capsys.readouterr().out)["num_datapoints"] == test_x.shape[0]
 
 
 def test_a_run_folder_with_a_relative_path_says_what_to_do(tmp_path, monkeypatch):
@@ -252,3 +231,59 @@ def test_one_feature_data_train_and_draw_histograms(tmp_path):
         assert (out / name).stat().st_size > 1000, name
     vae, _, test_x = load_run(str(out))
     assert vae.data_dim == 1 and test_x.shape[1] == 1
+
+
+def test_train_overrides_hold_only_what_is_given():
+    from pyro_vae.runs import train_overrides
+
+    assert train_overrides() == {"data": {}, "model": {}, "fit": {}}
+    config = train_overrides(source="points.csv", latent_dim=3, prior="laplace", epochs=2, seed=5)
+    assert config == {"data": {"source": "points.csv", "binarize": False}, "model": {"latent_dim": 3, "prior": "laplace"},
+                      "fit": {"epochs": 2}, "seed": 5}
+    # the MNIST-10k protocol keeps its binarization; a source given with binarize keeps it
+    assert train_overrides(source="mnist10k")["data"] == {"source": "mnist10k"}
+    assert train_overrides(source="points.csv", binarize=True)["data"]["binarize"] is True
+    assert train_overrides(model_kind="vae")["model"] == {"kind": "vae"}
+
+
+def test_train_overrides_of_a_mixture_vae():
+    from pyro_vae.runs import train_overrides
+
+    config = train_overrides(model_kind="mixture_vae", n_components=4, baseline="none")
+    assert config["model"] == {"kind": "mixture_vae", "n_components": 4, "baseline": None}
+    assert config["fit"] == {"objective": "enum"}
+    assert train_overrides(model_kind="mixture_vae", objective="tracegraph")["fit"] == {"objective": "tracegraph"}
+    with pytest.raises(ValueError, match="^n_components belongs to model_kind=mixture_vae$"):
+        train_overrides(n_components=3)
+    with pytest.raises(ValueError, match="^baseline belongs to model_kind=mixture_vae$"):
+        train_overrides(model_kind="vae", baseline="neural")
+    with pytest.raises(ValueError, match="^guide is an option of model_kind=vae"):
+        train_overrides(model_kind="mixture_vae", guide="iaf")
+    with pytest.raises(ValueError, match="n_components must be a positive integer, got 0"):
+        train_overrides(model_kind="mixture_vae", n_components=0)
+
+
+def test_fit_mixture_run_writes_what_the_estimator_computes(tmp_path):
+    from pyro_vae.mixture import GaussianMixture
+    from pyro_vae.runs import fit_mixture_run
+
+    x = torch.cat([torch.randn(40, 2, generator=torch.Generator().manual_seed(0), dtype=torch.float64) + 4 * k
+                   for k in range(2)])
+    path = tmp_path / "points.csv"
+    np.savetxt(path, x.numpy(), delimiter=",", header="a,b", comments="")
+    gm, result, files = fit_mixture_run(tmp_path / "run", path, n_components=2, random_state=3)
+    ref = GaussianMixture(2, random_state=3).fit(x)
+    assert result["log_likelihood"] == pytest.approx(float(ref.score_samples(x).sum()), rel=1e-10)
+    assert result["bic"] == pytest.approx(ref.bic(x), rel=1e-10) and result["n_samples"] == 80
+    assert result["n_iter"] == ref.n_iter_ == gm.n_iter_
+    torch.testing.assert_close(result["means"], ref.means_)
+    assert [os.path.basename(f) for f in files] == ["params.json", "history.csv", "mixture.png"]
+    stored = json.loads((tmp_path / "run" / "params.json").read_text())
+    assert stored["log_likelihood"] == result["log_likelihood"] and stored["data"] == str(path)
+    assert len(pd.read_csv(files[1])) == ref.n_iter_
+    # in chunks: the same fit
+    _, chunked, _ = fit_mixture_run(tmp_path / "chunked", path, chunk_rows=16, n_components=2, random_state=3)
+    assert chunked["log_likelihood"] == pytest.approx(result["log_likelihood"], rel=1e-10)
+    np.save(tmp_path / "points.npy", x.numpy())
+    with pytest.raises(ValueError, match="chunk_rows reads CSV files"):
+        fit_mixture_run(tmp_path / "npy", tmp_path / "points.npy", chunk_rows=16)

@@ -694,16 +694,3 @@ def test_a_diverging_run_raises_an_error_with_advice():
     with pytest.raises(DivergenceError, match="diverged.*lower lr") as info:
         fit(_vae(likelihood="gaussian"), x * 1e3, lr=1e6, epochs=5, batch_size=10, quiet=True)
     assert isinstance(info.value, ValueError) and isinstance(info.value, FloatingPointError)
-
-
-@pytest.mark.parametrize("option,value,needle", [("--lr", "inf", "lr must be finite"),
-                                                 ("--lr", "1e6", "diverged"),
-                                                 ("--beta", "inf", "beta must be finite")])
-def test_the_command_line_reports_bad_or_diverging_settings_in_one_line(tmp_path, capsys, option, value,
-                                                                         needle):
-    from pyro_vae.cli import main
-
-    code = main(["train", "--data", "synthetic", "--latent-dim", "2", "--hidden", "8", "--epochs", "3",
-                 "--batch-size", "64", option, value, "--out", str(tmp_path / "r"), "--quiet"])
-    err = capsys.readouterr().err.strip()
-    assert code == 2 and len(err.splitlines()) == 1 and needle in err and "Traceback" not in err, err

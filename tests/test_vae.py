@@ -290,3 +290,21 @@ def test_learned_prior_and_likelihood_parameters_get_gradients_through_svi():
     assert any(n.startswith("vae_prior") for n in names) and any(n.startswith("vae_encoder") for n in names)
     # each parameter once: the guide's own parts and the encoder are registered under one name each
     assert len(names) == len({id(p) for p in vae.parameters()})
+
+
+def test_both_vaes_decode_and_check_data_as_vae_base_writes_it():
+    from pyro_vae.mixture_vae import MixtureVAE
+    from pyro_vae.vae import VAEBase
+
+    x = torch.bernoulli(torch.full((5, 4), 0.5))
+    for model in (VAE(4, 2, hidden=(3,), seed=0), MixtureVAE(4, 2, 3, hidden=(3,), seed=0)):
+        assert isinstance(model, VAEBase) and model.device == torch.device("cpu")
+        z = torch.randn(5, 2)
+        expected = model.likelihood(model.decoder(z)).log_prob(x)
+        torch.testing.assert_close(model.decode(z).log_prob(x), expected)
+        with pytest.raises(ValueError, match=r"z must have shape \(\.\.\., 2\); got \(5, 3\)"):
+            model.decode(torch.randn(5, 3))
+        with pytest.raises(ValueError, match=r"x must have shape \(N, 4\)"):
+            model.reconstruct(torch.zeros(5, 3))
+        with pytest.raises(TypeError, match="x must be a torch.Tensor"):
+            model.reconstruct(x.numpy())
