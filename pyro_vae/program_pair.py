@@ -53,11 +53,13 @@ _ELBOS = {"trace": Trace_ELBO, "tracegraph": TraceGraph_ELBO, "meanfield": Trace
           "enum": TraceEnum_ELBO}
 
 
-def data_plate(x, num_data=None):
+def data_plate(x, num_data=None, subsample=None):
     """The plate of the datapoints as the convention writes it, for programs of the library.
 
     :param torch.Tensor x: the minibatch, shape ``(B, ...)``.
     :param int num_data: N, the size of the whole data set (``None``: the minibatch is all of it).
+    :param torch.Tensor subsample: ``arange(B)`` on ``x``'s device, for a caller that keeps one
+        between steps (default: built here).
     :returns: ``pyro.plate("data", B)``, or ``pyro.plate("data", size=N, subsample=arange(B))``
         so that Pyro scales the minibatch by ``N / B``.
     :raises ValueError: ``num_data`` is smaller than the minibatch.
@@ -67,8 +69,9 @@ def data_plate(x, num_data=None):
         return pyro.plate(DATA_PLATE, n, device=x.device)
     if int(num_data) < n:
         raise ValueError(f"num_data={num_data} is smaller than the batch size {n}")
-    return pyro.plate(DATA_PLATE, size=int(num_data), subsample=torch.arange(n, device=x.device),
-                      device=x.device)
+    if subsample is None:
+        subsample = torch.arange(n, device=x.device)
+    return pyro.plate(DATA_PLATE, size=int(num_data), subsample=subsample, device=x.device)
 
 
 def program_data(data, name, device, like=None):

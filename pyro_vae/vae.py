@@ -19,11 +19,12 @@ import pyro
 from pyro import poutine
 from pyro.poutine.guide import GuideMessenger
 
-from pyro_vae.checks import check_float, check_positive_int, parse_spec
+from pyro_vae.checks import check_float, check_positive_int, fork_rng, parse_spec
 from pyro_vae.guides import Guide, check_guide, describe_guide, location_scale, make_guide
 from pyro_vae.likelihoods import check_likelihood, make_likelihood
 from pyro_vae.networks import describe_network, make_decoder, make_encoder
 from pyro_vae.priors import check_prior, make_prior
+from pyro_vae.program_pair import data_plate
 
 __all__ = ["VAEBase", "VAE", "AmortizedGuide"]
 
@@ -109,7 +110,7 @@ class VAE(VAEBase):
                  beta=1.0, encoder=None, decoder=None, name="vae", seed=None, *,
                  guide="diagonal", num_flows=None, network="mlp"):
         super().__init__()
-        with _seeded(seed):
+        with fork_rng(seed):
             self._build(data_dim, latent_dim, hidden, prior, likelihood, likelihood_outputs,
                         activation, beta, encoder, decoder, name, guide, num_flows, network)
 
@@ -197,8 +198,8 @@ class VAE(VAEBase):
     def _plate(self, x, num_data):
         n = x.shape[0]
         if num_data is None or num_data == n:
-            return pyro.plate("data", n, device=x.device)
-        return pyro.plate("data", size=int(num_data), subsample=self._subsample(n, x.device), device=x.device)
+            return data_plate(x)
+        return data_plate(x, num_data, self._subsample(n, x.device))
 
     def _subsample(self, n, device):
         """``torch.arange(n)`` on ``device``, kept between calls (minibatches repeat their size)."""
@@ -341,7 +342,7 @@ class VAE(VAEBase):
         :returns: tensor of shape ``(n, D)``.
         """
         num_samples = check_positive_int(num_samples, "num_samples")
-        with _seeded(seed):
+        with fork_rng(seed, self.device):
             z = self.prior().sample((num_samples,))
             out = self.decoder(z)
             return self.likelihood.mean(out) if mean else self.likelihood(out).sample()
@@ -433,22 +434,3 @@ def _like(module):
         if t.is_floating_point():
             return {"dtype": t.dtype, "device": t.device}
     return {}
-
-
-class _seeded:
-    """Context manager: run with a fixed torch seed, then restore the global RNG state."""
-
-    def __init__(self, seed):
-        self.seed = seed
-
-    def __enter__(self):
-        if self.seed is not None:
-            self.state = torch.random.get_rng_state()
-            self.cuda = torch.cuda.get_rng_state_all() if torch.cuda.is_available() else None
-            torch.manual_seed(self.seed)
-
-    def __exit__(self, *exc):
-        if self.seed is not None:
-            torch.random.set_rng_state(self.state)
-            if self.cuda is not None:
-                torch.cuda.set_rng_state_all(self.cuda)
