@@ -166,19 +166,21 @@ def _hungarian_accuracy(labels, pred):
     return counts[rows, cols].sum() / labels.shape[0]
 
 
-def bench_mnist(epochs, num_samples, quick, estimators, threads):
+def bench_mnist(epochs, num_samples, quick, estimators, threads, latent_dim=16):
     from pyro_vae import plots
 
     torch.set_num_threads(threads)
+    suffix = (f"_latent{latent_dim}" if latent_dim != 16 else "") + ("_quick" if quick else "")
     split = load_split("mnist10k", binarize=True)
     x, test, labels = split.train_x, split.test_x, split.test_labels
     if quick:
         x, test, labels = x[:500], test[:100], labels[:100]
     lines = _header("MixtureVAE on MNIST-10k with 10 components, by estimator",
                     "PYTHONPATH=. python bench/bench_discrete.py mnist" + (" --quick" if quick else "")
-                    + f" --epochs {epochs} --num-samples {num_samples}")
+                    + f" --epochs {epochs} --num-samples {num_samples}"
+                    + (f" --latent-dim {latent_dim}" if latent_dim != 16 else ""))
     lines += [f"MNIST-10k protocol (DESIGN.md): {x.shape[0]} training digits dynamically binarized, "
-              f"{test.shape[0]} held out binarized once. MixtureVAE(784, latent 16, 10 components, hidden 400, "
+              f"{test.shape[0]} held out binarized once. MixtureVAE(784, latent {latent_dim}, 10 components, hidden 400, "
               f"Bernoulli), {epochs} epochs, minibatch 100, Adam lr 1e-3, seed 0. Held-out log p(x) by importance "
               f"sampling ({num_samples} samples; y drawn from q(y|x)); ARI and cluster accuracy (best one-to-one "
               "matching) of argmax q(y|x) against the digit labels.", "",
@@ -188,7 +190,7 @@ def bench_mnist(epochs, num_samples, quick, estimators, threads):
         objective, baseline = {"enum": ("enum", None), "tracegraph": ("tracegraph", "neural"),
                                "trace": ("trace", None)}[est]
         pyro.clear_param_store()
-        model = MixtureVAE(784, 16, 10, hidden=(400,), likelihood="bernoulli", baseline=baseline, seed=0)
+        model = MixtureVAE(784, latent_dim, 10, hidden=(400,), likelihood="bernoulli", baseline=baseline, seed=0)
         t0 = time.perf_counter()
         fit(model, x, epochs=epochs, batch_size=100, lr=1e-3, objective=objective, binarize=True, seed=0,
             quiet=True)
@@ -198,11 +200,11 @@ def bench_mnist(epochs, num_samples, quick, estimators, threads):
         lines.append(f"| {est} | {ll.mean:.2f} | {ll.mean_mc_stderr:.3f} "
                      f"| {float(ll.elbo.mean()):.2f} | {adjusted_rand_index(labels, pred):.3f} "
                      f"| {_hungarian_accuracy(labels, pred):.3f} | {train_s:.0f} |")
-        png = os.path.join(HERE, f"discrete_components_{est}{'_quick' if quick else ''}.png")
+        png = os.path.join(HERE, f"discrete_components_{est}{suffix}.png")
         storage.save_figure(plots.plot_component_samples(model, (28, 28), per_component=10, seed=0), png)
     lines += ["", "Samples per component (rows): " + ", ".join(
-        f"`bench/discrete_components_{e}{'_quick' if quick else ''}.png`" for e in estimators) + "."]
-    _write("results_discrete_mnist" + ("_quick" if quick else "") + ".md", lines)
+        f"`bench/discrete_components_{e}{suffix}.png`" for e in estimators) + "."]
+    _write(f"results_discrete_mnist{suffix}.md", lines)
 
 
 def main(argv=None):
@@ -222,6 +224,8 @@ def main(argv=None):
     c.add_argument("--estimators", nargs="+", default=["enum", "tracegraph", "trace"],
                    choices=["enum", "tracegraph", "trace"])
     c.add_argument("--threads", type=int, default=2)
+    c.add_argument("--latent-dim", type=int, default=16, help="size of z (results file and figures get a suffix "
+                   "when it is not 16)")
     args = p.parse_args(argv)
     if args.part == "svi":
         bench_svi(args.seeds, args.epochs, args.batch_size, args.lr)
@@ -232,9 +236,9 @@ def main(argv=None):
             bench_variance(2000, 5, 100, 200, 200, False)
     else:
         if args.quick:
-            bench_mnist(2, 50, True, args.estimators, args.threads)
+            bench_mnist(2, 50, True, args.estimators, args.threads, args.latent_dim)
         else:
-            bench_mnist(args.epochs, args.num_samples, False, args.estimators, args.threads)
+            bench_mnist(args.epochs, args.num_samples, False, args.estimators, args.threads, args.latent_dim)
 
 
 if __name__ == "__main__":
