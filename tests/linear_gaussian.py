@@ -69,6 +69,17 @@ class PyroModel:
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(self.post_loc(x) + 3 * self.post_sd, 0.5 * self.post_sd).to_event(1))
 
+    def global_model(self, x):
+        """Another model of the same data, whose latent w is shared by all datapoints (outside the
+        plate), so that log p(x) does not split into one term per datapoint."""
+        w = pyro.sample("w", dist.Normal(0.0, 1.0))
+        with pyro.plate("data", x.shape[0]):
+            loc = w.unsqueeze(-1) * torch.ones(self.d, dtype=F64)
+            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
+
+    def global_guide(self, x):
+        pyro.sample("w", dist.Normal(0.0, 1.0))
+
     def log_px(self, x):
         return log_px(x, self.w, self.b, self.sigma)
 
@@ -98,3 +109,18 @@ class LinearNet(torch.nn.Module):
         loc, log_scale = self.enc(x).chunk(2, -1)
         with pyro.plate("data", x.shape[0]):
             pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
+
+
+class LinearDecoder(torch.nn.Module):
+    """The model's decoder z -> W z + b as a float64 ``nn.Linear`` holding ``w`` ``(D, L)`` and
+    ``b`` ``(D,)``: a VAE with it and a Gaussian likelihood of scale sigma is the model."""
+
+    def __init__(self, w, b):
+        super().__init__()
+        self.lin = torch.nn.Linear(w.shape[1], w.shape[0]).double()
+        with torch.no_grad():
+            self.lin.weight.copy_(w)
+            self.lin.bias.copy_(b)
+
+    def forward(self, z):
+        return self.lin(z)

@@ -339,17 +339,8 @@ def test_programs_that_do_not_fit_are_refused(lg):
     with pytest.raises(ValueError, match="does not have"):
         ais_log_likelihood(lg.model, extra_guide, x, num_steps=2, num_chains=2)
 
-    def global_model(x):
-        w = pyro.sample("w", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", x.shape[0]):
-            loc = w.unsqueeze(-1) * torch.ones(lg.d, dtype=F64)
-            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
-
-    def global_guide(x):
-        pyro.sample("w", dist.Normal(0.0, 1.0))
-
     with pytest.raises(ValueError, match="pyro.plate"):
-        ais_log_likelihood(global_model, global_guide, x, num_steps=2, num_chains=2)
+        ais_log_likelihood(lg.global_model, lg.global_guide, x, num_steps=2, num_chains=2)
 
 
 @pytest.mark.parametrize("kwargs, error, needle", [

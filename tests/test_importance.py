@@ -625,17 +625,8 @@ def test_guides_with_a_parameter_row_per_datapoint_are_not_split(lg, kind):
 def test_models_that_cannot_be_estimated_per_datapoint_are_refused(lg):
     x = lg.sample(5)
 
-    def global_model(x):
-        w = pyro.sample("w", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", x.shape[0]):
-            loc = w.unsqueeze(-1) * torch.ones(lg.d, dtype=F64)
-            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
-
-    def global_guide(x):
-        pyro.sample("w", dist.Normal(0.0, 1.0))
-
     with pytest.raises(ValueError, match="not inside"):
-        log_likelihood(global_model, global_guide, x, num_samples=2)
+        log_likelihood(lg.global_model, lg.global_guide, x, num_samples=2)
 
     def empty_guide(x):
         pass
