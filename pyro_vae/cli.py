@@ -164,22 +164,22 @@ def _add_evaluate(sub):
     p.add_argument("run_dir", metavar="RUN_DIR", help="run folder written by 'pyro-vae train'")
     p.add_argument("--method", choices=["is", "ais"], default="is",
                    help="is: importance sampling (default); ais: annealed importance sampling")
-    p.add_argument("--num-samples", type=int, default=1000,
+    p.add_argument("--num-samples", type=int,
                    help="importance samples K per datapoint for --method is (default 1000; 5000 for "
                    "the MNIST-10k protocol)")
-    p.add_argument("--num-steps", type=int, default=1000,
+    p.add_argument("--num-steps", type=int,
                    help="annealing steps per chain for --method ais (default 1000)")
-    p.add_argument("--num-chains", type=int, default=16,
+    p.add_argument("--num-chains", type=int,
                    help="AIS chains per datapoint for --method ais (default 16)")
-    p.add_argument("--num-leapfrog-steps", type=int, default=10,
+    p.add_argument("--num-leapfrog-steps", type=int,
                    help="leapfrog steps per HMC transition for --method ais (default 10)")
     p.add_argument("--data", help="evaluate on this data file (.csv/.npy/.npz/.pt/IDX, rows = datapoints) "
                    "instead of the run's held-out data")
     p.add_argument("--gaps", action="store_true",
                    help="also compute approximation / amortization gaps (writes gaps.csv)")
-    p.add_argument("--gap-points", type=int, default=100,
+    p.add_argument("--gap-points", type=int,
                    help="datapoints (the first ones) used for --gaps (default 100)")
-    p.add_argument("--gap-steps", type=int, default=500,
+    p.add_argument("--gap-steps", type=int,
                    help="optimization steps of each datapoint's Gaussian for --gaps (default 500)")
     p.add_argument("--particle-batch-size", type=int, help="particles per vectorized pass (memory)")
     p.add_argument("--seed", type=int, default=0, help="seed of the random draws (default 0)")
@@ -188,102 +188,33 @@ def _add_evaluate(sub):
 
 
 def _cmd_evaluate(args):
-    import os
+    from pyro_vae.runs import evaluate_run
 
-    import torch
-
-    from pyro_vae import storage
-    from pyro_vae.importance import log_likelihood
-    from pyro_vae.runs import load_run
-
-    if args.gap_points < 1:  # an option of this command only (how many datapoints --gaps uses)
-        raise UsageError(f"--gap-points must be a positive integer, got {args.gap_points}")
-    if args.method == "ais":
-        for given, flag in ((args.gaps, "--gaps"), (args.particle_batch_size is not None,
-                                                     "--particle-batch-size")):
-            if given:
-                raise UsageError(f"{flag} belongs to importance sampling; use it with --method is")
-    vae, _, x = load_run(args.run_dir, device=args.device)
-    device = vae.device
-    _check_evaluate_model(args, vae)
-    if args.data:
-        from pyro_vae.data import load_data
-
-        x = torch.as_tensor(load_data(args.data).x, dtype=torch.float32)
-        x = x.reshape(x.shape[0], -1).to(device)
-        if x.shape[1] != vae.data_dim:
-            raise UsageError(f"--data {args.data} has {x.shape[1]} features per datapoint; the run's "
-                             f"model needs {vae.data_dim}")
-        vae.likelihood.validate_data(x)
-
-    if args.method == "ais":
-        from pyro_vae.ais import ais_log_likelihood
-
-        est = ais_log_likelihood(vae.model, vae.guide, x, args.num_steps, args.num_chains,
-                                 num_leapfrog_steps=args.num_leapfrog_steps, seed=args.seed,
-                                 progress=not (args.quiet or args.json))
-        frame = est.to_frame()
-        frame.insert(0, "datapoint", range(len(frame)))
-        files = [os.path.join(args.run_dir, "log_likelihood_ais.csv")]
-        storage.write_csv(files[0], frame)
-        if args.json:
-            _print_json({"run_dir": args.run_dir, **est.to_dict(), "files": files})
-            return
-        print(f"log p(x) = {est.mean:.3f} +- {est.stderr:.3f} nats per datapoint by AIS (standard "
-              f"error over {est.num_datapoints} datapoints; {est.num_chains} chains x {est.num_steps} "
-              f"steps of {est.num_leapfrog_steps} leapfrog steps, Monte Carlo standard error "
-              f"{est.mean_mc_stderr:.3f}, mean ESS {float(est.ess.mean()):.1f}, HMC acceptance "
-              f"{est.mean_acceptance_rate:.2f})")
-        print("wrote " + ", ".join(files))
-        return
-    est = log_likelihood(vae.model, vae.guide, x, args.num_samples, seed=args.seed,
-                         particle_batch_size=args.particle_batch_size,
-                         progress=not (args.quiet or args.json))
-    frame = est.to_frame()
-    frame.insert(0, "datapoint", range(len(frame)))
-    files = [os.path.join(args.run_dir, "log_likelihood.csv")]
-    storage.write_csv(files[0], frame)
-    result = {"run_dir": args.run_dir, **est.to_dict(), "files": files}
-
-    if args.gaps:
-        from pyro_vae.gaps import inference_gaps
-
-        gx = x[:args.gap_points]
-        gaps = inference_gaps(vae, gx, num_samples=args.num_samples, steps=args.gap_steps,
-                              particle_batch_size=args.particle_batch_size, seed=args.seed)
-        gaps.insert(0, "datapoint", range(len(gaps)))
-        files.append(os.path.join(args.run_dir, "gaps.csv"))
-        storage.write_csv(files[1], gaps)
-        result["gaps"] = gaps.attrs["summary"]
-
+    result = evaluate_run(
+        args.run_dir, method=args.method, num_samples=args.num_samples, num_steps=args.num_steps,
+        num_chains=args.num_chains, num_leapfrog_steps=args.num_leapfrog_steps, gaps=args.gaps,
+        gap_points=args.gap_points, gap_steps=args.gap_steps, particle_batch_size=args.particle_batch_size,
+        data=args.data, device=args.device, seed=args.seed, progress=not (args.quiet or args.json))
     if args.json:
         _print_json(result)
         return
-    print(f"log p(x) = {est.mean:.3f} +- {est.stderr:.3f} nats per datapoint (standard error over "
-          f"{est.num_datapoints} datapoints; K = {est.num_samples}, Monte Carlo standard error "
-          f"{est.mean_mc_stderr:.3f}, ELBO {est.mean_elbo:.3f}, mean ESS {float(est.ess.mean()):.1f})")
-    if args.gaps:
-        s = result["gaps"]
-        print(f"gaps over the first {len(gaps)} datapoints (mean +- standard error, nats):")
+    r = result
+    if r["method"] == "ais":
+        print(f"log p(x) = {r['mean']:.3f} +- {r['stderr']:.3f} nats per datapoint by AIS (standard "
+              f"error over {r['num_datapoints']} datapoints; {r['num_chains']} chains x {r['num_steps']} "
+              f"steps of {r['num_leapfrog_steps']} leapfrog steps, Monte Carlo standard error "
+              f"{r['mean_mc_stderr']:.3f}, mean ESS {r['mean_ess']:.1f}, HMC acceptance "
+              f"{r['mean_acceptance_rate']:.2f})")
+    else:
+        print(f"log p(x) = {r['mean']:.3f} +- {r['stderr']:.3f} nats per datapoint (standard error over "
+              f"{r['num_datapoints']} datapoints; K = {r['num_samples']}, Monte Carlo standard error "
+              f"{r['mean_mc_stderr']:.3f}, ELBO {r['mean_elbo']:.3f}, mean ESS {r['mean_ess']:.1f})")
+    if "gaps" in r:
+        print(f"gaps over the first {r['gap_datapoints']} datapoints (mean +- standard error, nats):")
         for name in ("log_px", "elbo_optimized", "elbo_amortized", "approximation_gap",
                      "amortization_gap", "inference_gap"):
-            print(f"  {name:<18} {s[name]['mean']:10.3f} +- {s[name]['stderr']:.3f}")
-    print("wrote " + ", ".join(files))
-
-
-def _check_evaluate_model(args, model):
-    """The inference gaps and AIS need a VAE's continuous latent only; a mixture_vae has a
-    discrete component too."""
-    from pyro_vae.vae import VAE
-
-    if isinstance(model, VAE):
-        return
-    if args.gaps:
-        raise UsageError("--gaps optimizes a Gaussian q(z|x) per datapoint, for runs of --model vae; a "
-                         "mixture_vae run is evaluated by importance sampling (leave --gaps out)")
-    if args.method == "ais":
-        raise UsageError("--method ais moves continuous latents by HMC, and a mixture_vae has a discrete "
-                         "component; use --method is")
+            print(f"  {name:<18} {r['gaps'][name]['mean']:10.3f} +- {r['gaps'][name]['stderr']:.3f}")
+    print("wrote " + ", ".join(r["files"]))
 
 
 # ---------------------------------------------------------------------------------------
@@ -439,7 +370,6 @@ _FLAG_OF = {
     "train": {"model_kind": "--model", "n_components": "--components", "source": "--data"},
     "em": {"n_components": "--components", "covariance_type": "--covariance", "init_params": "--init",
            "random_state": "--seed", "rows": "--chunk-rows"},
-    "evaluate": {"steps": "--gap-steps"},
     "compare": {"n_components": "--components", "covariance_type": "--covariance", "ais_steps": "--num-steps",
                 "ais_chains": "--num-chains"},
     "demo": {"n_components": "--components", "covariance_type": "--covariance", "ais_steps": "--num-steps",

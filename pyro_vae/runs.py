@@ -7,6 +7,8 @@ the figures ``elbo.png``, ``reconstructions.png`` and ``samples.png`` (and for a
 :class:`~pyro_vae.mixture_vae.MixtureVAE` of images ``components.png``, samples per component). :func:`load_run` rebuilds
 the trained VAE and its held-out data from such a folder. :func:`train_overrides` turns the
 settings a user gives (``pyro-vae train``'s options) into the configuration :func:`train_run` takes.
+:func:`evaluate_run` (``pyro-vae evaluate``) estimates held-out log p(x) of a trained run and writes
+``log_likelihood.csv`` (or ``log_likelihood_ais.csv``) and ``gaps.csv`` into its folder.
 
 :func:`fit_mixture_run` (``pyro-vae em``) writes ``params.json``, ``history.csv`` and, for 2-D
 data, ``mixture.png``.
@@ -21,7 +23,8 @@ import os
 import torch
 
 from pyro_vae import checkpoints, storage
-from pyro_vae.checks import check_bool, check_positive_int, resolve_device
+from pyro_vae.checks import (as_data_tensor, check_bool, check_choice, check_int, check_positive_int,
+                             check_seed, resolve_device)
 from pyro_vae.data import (DATASET_NAMES, MNIST_10K_TEST_SEED, SYNTHETIC, binarize, load_split,
                            resolve_data_location, train_test_split)
 from pyro_vae.distributed import is_main_process
@@ -30,7 +33,8 @@ from pyro_vae.mixture_vae import MixtureVAE
 from pyro_vae.vae import VAE
 
 __all__ = ["DEFAULT_CONFIG", "RUN_FILES", "train_overrides", "train_run", "fit_mixture_run", "MIXTURE_RUN_FILES", "load_run", "load_run_data", "resolve_likelihood",
-           "read_config", "config_tag", "clear_run_folder", "write_run_figures"]
+           "read_config", "config_tag", "clear_run_folder", "write_run_figures", "evaluate_run",
+           "EVALUATE_DEFAULTS", "EVALUATION_FILES"]
 
 log = logging.getLogger(__name__)
 
@@ -51,9 +55,11 @@ DEFAULT_CONFIG = {
 CONFIG_FILE = "config.json"
 HISTORY_FILE = "history.csv"
 CHECKPOINT_FILE = "checkpoint.pt"
+#: the files :func:`evaluate_run` writes into a run folder, per method, and with ``gaps=True``
+EVALUATION_FILES = {"is": "log_likelihood.csv", "ais": "log_likelihood_ais.csv", "gaps": "gaps.csv"}
 #: the files a run folder may hold: what ``train`` and ``evaluate`` write, and the folder's lock
 RUN_FILES = (CONFIG_FILE, HISTORY_FILE, CHECKPOINT_FILE, "elbo.png", "reconstructions.png", "samples.png",
-             "log_likelihood.csv", "log_likelihood_ais.csv", "gaps.csv", storage.FolderLock.FILE)
+             *EVALUATION_FILES.values(), storage.FolderLock.FILE)
 
 # data settings that are options of pyro_vae.data.load_split
 _SPLIT_OPTIONS = ("root", "download", "binarize", "test_fraction", "split_seed", "seed", "n_samples",
@@ -429,6 +435,17 @@ def write_run_figures(out_dir, vae, test_x, history, shape, seed=0):
         storage.save_figure(plots.plot_samples_2d(test_x, samples), os.path.join(out_dir, "samples.png"))
 
 
+def _check_run_folder(run_dir):
+    """The run folder as a ``str``, refused if it is missing or unreadable."""
+    run_dir = os.fspath(run_dir)
+    if not os.path.isdir(run_dir):
+        raise FileNotFoundError(f"run folder not found: {run_dir}")
+    if not os.access(run_dir, os.R_OK | os.X_OK):
+        raise PermissionError(f"run folder {run_dir} is not readable: permission denied; ask for read "
+                              f"permission (chmod u+rx {run_dir})")
+    return run_dir
+
+
 def load_run(run_dir, device="cpu"):
     """Rebuild a trained VAE from a run folder.
 
@@ -440,14 +457,9 @@ def load_run(run_dir, device="cpu"):
         file and what is wrong).
     """
     device = resolve_device(device)
-    run_dir = os.fspath(run_dir)
+    run_dir = _check_run_folder(run_dir)
     config_path = os.path.join(run_dir, CONFIG_FILE)
     ck_path = os.path.join(run_dir, CHECKPOINT_FILE)
-    if not os.path.isdir(run_dir):
-        raise FileNotFoundError(f"run folder not found: {run_dir}")
-    if not os.access(run_dir, os.R_OK | os.X_OK):
-        raise PermissionError(f"run folder {run_dir} is not readable: permission denied; ask for read "
-                              f"permission (chmod u+rx {run_dir})")
     for p in (config_path, ck_path):
         if not os.path.isfile(p):
             raise FileNotFoundError(f"{p} is missing; is {run_dir} a folder written by 'pyro-vae train'?")
@@ -470,6 +482,149 @@ def load_run(run_dir, device="cpu"):
         vae.load_state_dict(checkpoints.trained_state(ck, ck_path, named=vae.state_dict(), tag=config_tag(config)))
     vae.to(device).eval()
     return vae, config, test_x.to(device)
+
+
+#: what :func:`evaluate_run` uses for a setting left at ``None`` (of the method, or of ``gaps``, it belongs to)
+EVALUATE_DEFAULTS = {"num_samples": 1000, "num_steps": 1000, "num_chains": 16, "num_leapfrog_steps": 10,
+                     "gap_points": 100, "gap_steps": 500}
+
+
+def evaluate_run(run_dir, *, method="is", num_samples=None, num_steps=None, num_chains=None,
+                 num_leapfrog_steps=None, gaps=False, gap_points=None, gap_steps=None, particle_batch_size=None,
+                 data=None, device="cpu", seed=0, progress=True):
+    """Estimate log p(x) of every held-out datapoint of a run folder and write the tables into it
+    (``pyro-vae evaluate``).
+
+    ``method="is"``: importance sampling with the encoder as proposal
+    (:func:`~pyro_vae.importance.log_likelihood`, ``num_samples`` samples per datapoint), written
+    to ``log_likelihood.csv``; with ``gaps`` also the approximation and amortization gaps of the
+    first ``gap_points`` datapoints (:func:`~pyro_vae.gaps.inference_gaps`, ``gap_steps``
+    optimization steps, ``num_samples`` samples), written to ``gaps.csv``. ``method="ais"``:
+    annealed importance sampling from the encoder (:func:`~pyro_vae.ais.ais_log_likelihood`,
+    ``num_steps`` steps, ``num_chains`` chains, ``num_leapfrog_steps`` per HMC transition), written
+    to ``log_likelihood_ais.csv``. Each table has one row per datapoint, numbered in the column
+    ``datapoint``. A setting of the other method (or a gap setting without ``gaps``) is refused
+    rather than ignored; one left at ``None`` takes its value in :data:`EVALUATE_DEFAULTS`.
+
+    A :class:`~pyro_vae.mixture_vae.MixtureVAE` run has a discrete latent: it is evaluated by
+    importance sampling without gaps. The run folder is locked while the evaluation runs (a
+    training or another evaluation of it gets :class:`~pyro_vae.storage.FolderInUseError`), and
+    the tables are written atomically.
+
+    :param str run_dir: a run folder written by :func:`train_run` (``pyro-vae train``).
+    :param str method: ``"is"`` or ``"ais"``.
+    :param int num_samples: importance samples K per datapoint (``"is"``; default 1000).
+    :param int num_steps: annealing steps per chain (``"ais"``; default 1000).
+    :param int num_chains: AIS chains per datapoint (``"ais"``; default 16).
+    :param int num_leapfrog_steps: leapfrog steps per HMC transition (``"ais"``; default 10).
+    :param bool gaps: also compute the inference gaps (``"is"``, a VAE run).
+    :param int gap_points: the first this many datapoints go into the gaps (default 100).
+    :param int gap_steps: optimization steps of each datapoint's q*(z|x) (default 500).
+    :param int particle_batch_size: particles per vectorized pass (``"is"``; default all).
+    :param data: evaluate on these data instead of the run's held-out data: a file of
+        :func:`pyro_vae.data.load_data` (rows are datapoints), or a tensor or numpy array
+        ``(N, D)`` (images ``(N, H, W)`` are flattened), with the run's D features.
+    :param device: where the model and data go (``"cpu"``, ``"cuda"``, ``"auto"``).
+    :param int seed: seed of all random draws.
+    :param bool progress: show a progress bar.
+    :returns: dict: ``run_dir``, ``method`` and the summary of the estimate
+        (:meth:`ImportanceEstimate.to_dict <pyro_vae.importance.ImportanceEstimate.to_dict>` or
+        :meth:`AISEstimate.to_dict <pyro_vae.ais.AISEstimate.to_dict>`: ``num_datapoints``,
+        ``mean``, ``stderr``, ``mean_mc_stderr``, ``mean_ess``, ...); with ``gaps`` also
+        ``gaps`` (``{column: {"mean": m, "stderr": s}}``) and ``gap_datapoints``; ``files``,
+        the paths written.
+    :raises TypeError: a setting of the wrong type.
+    :raises ValueError: a setting out of range or of the other method, a MixtureVAE run with
+        ``gaps`` or ``"ais"``, data the run's model cannot take, or a damaged run folder.
+    """
+    from pyro_vae.gaps import inference_gaps
+    from pyro_vae.importance import log_likelihood
+
+    method = check_choice(method, "method", ("is", "ais"))
+    gaps = check_bool(gaps, "gaps")
+    given = {"num_samples": num_samples, "num_steps": num_steps, "num_chains": num_chains,
+             "num_leapfrog_steps": num_leapfrog_steps, "gap_points": gap_points, "gap_steps": gap_steps,
+             "particle_batch_size": particle_batch_size}
+    if method == "ais":
+        used = ("num_steps", "num_chains", "num_leapfrog_steps")
+        misplaced = [n for n in ("gaps", "num_samples", "particle_batch_size", "gap_points", "gap_steps")
+                     if (gaps if n == "gaps" else given[n] is not None)]
+        if misplaced:
+            raise ValueError(f"{misplaced[0]} belongs to importance sampling (method 'is'); leave it out with "
+                             "method 'ais'")
+    else:
+        used = ("num_samples", "gap_points", "gap_steps") if gaps else ("num_samples",)
+        misplaced = [n for n in ("num_steps", "num_chains", "num_leapfrog_steps") if given[n] is not None]
+        if misplaced:
+            raise ValueError(f"{misplaced[0]} belongs to annealed importance sampling (method 'ais'); leave it "
+                             "out with method 'is'")
+        misplaced = [n for n in ("gap_points", "gap_steps") if given[n] is not None and not gaps]
+        if misplaced:
+            raise ValueError(f"{misplaced[0]} sets the inference gaps; leave it out, or ask for the gaps too")
+    settings = {name: check_int(EVALUATE_DEFAULTS[name] if given[name] is None else given[name], name,
+                                minimum=0 if name == "gap_steps" else 1) for name in used}
+    if particle_batch_size is not None:
+        particle_batch_size = check_positive_int(particle_batch_size, "particle_batch_size")
+    seed = check_seed(seed, allow_none=False)
+    progress = check_bool(progress, "progress")
+    device = resolve_device(device)
+
+    run_dir = _check_run_folder(run_dir)
+    if not os.access(run_dir, os.W_OK):
+        raise PermissionError(f"run folder {run_dir} is not writable: the evaluation writes its tables into it; "
+                              f"make it writable (chmod u+w {run_dir}) or evaluate a copy of the folder")
+    with storage.output_folder(run_dir, "run folder"):
+        model, _, x = load_run(run_dir, device=device)
+        if not isinstance(model, VAE):
+            if gaps:
+                raise ValueError("gaps optimizes a Gaussian q(z|x) per datapoint, for runs of a VAE; a mixture_vae "
+                                 "run is evaluated by importance sampling without gaps (leave gaps out)")
+            if method == "ais":
+                raise ValueError("method 'ais' moves continuous latents by HMC, and a mixture_vae has a discrete "
+                                 "component; use method 'is'")
+        if data is not None:
+            x = _evaluation_data(data, model, model.device)
+
+        if method == "ais":
+            from pyro_vae.ais import ais_log_likelihood
+
+            est = ais_log_likelihood(model.model, model.guide, x, settings["num_steps"], settings["num_chains"],
+                                     num_leapfrog_steps=settings["num_leapfrog_steps"], seed=seed, progress=progress)
+        else:
+            est = log_likelihood(model.model, model.guide, x, settings["num_samples"], seed=seed,
+                                 particle_batch_size=particle_batch_size, progress=progress)
+        frame = est.to_frame()
+        frame.insert(0, "datapoint", range(len(frame)))
+        files = [os.path.join(run_dir, EVALUATION_FILES[method])]
+        storage.write_csv(files[0], frame)
+        result = {"run_dir": run_dir, "method": method, **est.to_dict(), "files": files}
+        if gaps:
+            table = inference_gaps(model, x[:settings["gap_points"]], num_samples=settings["num_samples"],
+                                   steps=settings["gap_steps"], particle_batch_size=particle_batch_size, seed=seed)
+            table.insert(0, "datapoint", range(len(table)))
+            files.append(os.path.join(run_dir, EVALUATION_FILES["gaps"]))
+            storage.write_csv(files[1], table)
+            result["gaps"] = table.attrs["summary"]
+            result["gap_datapoints"] = len(table)
+    return result
+
+
+def _evaluation_data(data, model, device):
+    """The data :func:`evaluate_run` was given, as a float32 tensor ``(N, D)`` on ``device``,
+    checked against the run's model."""
+    from pyro_vae.data import load_data
+
+    if isinstance(data, (str, os.PathLike)):
+        name = f"data {os.fspath(data)}"
+        data = load_data(data).x
+    else:
+        name = "data"
+    x = as_data_tensor(data, name, dtype=torch.float32, device=device)
+    x = x.reshape(x.shape[0], -1)
+    if x.shape[1] != model.data_dim:
+        raise ValueError(f"{name} has {x.shape[1]} features per datapoint; the run's model needs {model.data_dim}")
+    model.likelihood.validate_data(x)
+    return x
 
 
 #: the files :func:`fit_mixture_run` writes

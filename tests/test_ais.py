@@ -2,7 +2,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import pyro
 import pyro.distributions as dist
@@ -18,41 +17,6 @@ pytestmark = pytest.mark.usefixtures("one_thread")  # many small operations
 
 
 # ----------------------------------------------------------------------------- reference models
-class LinearGaussian:
-    """The linear-Gaussian model (tests/linear_gaussian.py): exact log p(x) and posterior."""
-
-    def __init__(self, d=5, latent=3, sigma=0.5, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.w = torch.randn(d, latent, generator=g, dtype=F64)
-        self.b = torch.randn(d, generator=g, dtype=F64)
-        self.sigma, self.d, self.latent = sigma, d, latent
-        self.post_cov = linear_gaussian.posterior(self.b[None], self.w, self.b, sigma)[1]
-        self.post_sd = self.post_cov.diagonal().sqrt()
-
-    def model(self, x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(self.latent, dtype=F64), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ self.w.T + self.b, self.sigma).to_event(1), obs=x)
-
-    def post_loc(self, x):
-        return linear_gaussian.posterior(x, self.w, self.b, self.sigma)[0]
-
-    def exact_guide(self, x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.MultivariateNormal(self.post_loc(x), covariance_matrix=self.post_cov))
-
-    def poor_guide(self, x):
-        """Three posterior standard deviations off, and half as wide."""
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(self.post_loc(x) + 3 * self.post_sd, 0.5 * self.post_sd).to_event(1))
-
-    def log_px(self, x):
-        return linear_gaussian.log_px(x, self.w, self.b, self.sigma)
-
-    def sample(self, n, seed=1):
-        return linear_gaussian.sample(n, self.w, self.b, self.sigma, seed)
-
-
 class NormalGamma:
     """Two latent sites per datapoint, one with positive support and one depending on it:
     tau ~ Gamma(a0, b0), m | tau ~ N(mu0, 1/(kappa0 tau)), x_j | m, tau ~ N(m, 1/tau), j < D.
@@ -102,7 +66,7 @@ class NormalGamma:
 
 @pytest.fixture
 def lg():
-    return LinearGaussian()
+    return linear_gaussian.PyroModel()
 
 
 @pytest.fixture
@@ -375,17 +339,8 @@ def test_programs_that_do_not_fit_are_refused(lg):
     with pytest.raises(ValueError, match="does not have"):
         ais_log_likelihood(lg.model, extra_guide, x, num_steps=2, num_chains=2)
 
-    def global_model(x):
-        w = pyro.sample("w", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", x.shape[0]):
-            loc = w.unsqueeze(-1) * torch.ones(lg.d, dtype=F64)
-            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
-
-    def global_guide(x):
-        pyro.sample("w", dist.Normal(0.0, 1.0))
-
     with pytest.raises(ValueError, match="pyro.plate"):
-        ais_log_likelihood(global_model, global_guide, x, num_steps=2, num_chains=2)
+        ais_log_likelihood(lg.global_model, lg.global_guide, x, num_steps=2, num_chains=2)
 
 
 @pytest.mark.parametrize("kwargs, error, needle", [
@@ -467,38 +422,18 @@ def test_seed_reproducible_and_global_rng_restored(lg):
     assert torch.equal(torch.get_rng_state(), state)
 
 
-class _Net(nn.Module):
-    def __init__(self, d, latent):
-        super().__init__()
-        self.enc = nn.Linear(d, 2 * latent)
-        self.dec = nn.Linear(latent, d)
-
-
 def test_no_gradients_reach_parameters_and_param_store_is_kept(lg):
-    net = _Net(5, 3).double()
+    net = linear_gaussian.LinearNet(5, 3).double()
     before = {k: v.clone() for k, v in net.state_dict().items()}
     x = lg.sample(6)
     pyro.param("existing", torch.ones(2))
-
-    def model(x):
-        pyro.module("net", net)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(net.dec(z), 1.0).to_event(1), obs=x)
-
-    def guide(x):
-        pyro.module("net", net)
-        loc, log_scale = net.enc(x).chunk(2, -1)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
-
-    est = ais_log_likelihood(model, guide, x, num_steps=5, num_chains=2, num_leapfrog_steps=2, seed=0)
+    est = ais_log_likelihood(net.model, net.guide, x, num_steps=5, num_chains=2, num_leapfrog_steps=2, seed=0)
     assert torch.isfinite(est.per_datapoint).all()
     assert list(pyro.get_param_store().keys()) == ["existing"]
     assert all(p.grad is None for p in net.parameters())
     assert all(torch.equal(before[k], v) for k, v in net.state_dict().items())
     assert not est.per_datapoint.requires_grad
-    r = bdmc(model, guide, (6, 5), num_steps=3, num_chains=2, seed=0, dtype=F64)
+    r = bdmc(net.model, net.guide, (6, 5), num_steps=3, num_chains=2, seed=0, dtype=F64)
     assert torch.isfinite(r.gap).all() and all(p.grad is None for p in net.parameters())
     assert list(pyro.get_param_store().keys()) == ["existing"]
 

@@ -309,7 +309,8 @@ def test_cli_evaluate_with_ais(tmp_path, capsys):
     assert f"log p(x) = {est.mean:.3f} +- {est.stderr:.3f}" in text and "by AIS" in text
 
     for argv, needle in ((["--num-steps", "0"], "--num-steps"), (["--num-chains", "0"], "--num-chains"),
-                         (["--gaps"], "--gaps"), (["--particle-batch-size", "5"], "--particle-batch-size")):
+                         (["--gaps"], "--gaps"), (["--particle-batch-size", "5"], "--particle-batch-size"),
+                         (["--num-samples", "5"], "--num-samples belongs to importance sampling")):
         assert main(["evaluate", str(run), "--method", "ais"] + argv) == 2
         err = capsys.readouterr().err.strip()
         assert len(err.splitlines()) == 1 and needle in err
@@ -356,6 +357,8 @@ def test_cli_evaluate(tmp_path, capsys):
 
     for argv, needle in ((["evaluate", str(tmp_path / "missing")], "missing"),
                          (["evaluate", str(run), "--num-samples", "0"], "--num-samples"),
+                         (["evaluate", str(run), "--gap-points", "4"], "--gap-points sets the inference gaps"),
+                         (["evaluate", str(run), "--num-chains", "4"], "--num-chains belongs to annealed"),
                          (["evaluate", str(run), "--data", str(tmp_path / "x3.npy")], "features")):
         if "x3.npy" in argv[-1]:
             np.save(tmp_path / "x3.npy", np.zeros((4, 3), dtype="float32"))

@@ -204,24 +204,12 @@ def _correlated_model():
     return w, b
 
 
-class _LinearDecoder(nn.Module):
-    def __init__(self, w, b):
-        super().__init__()
-        self.lin = nn.Linear(L, D).double()
-        with torch.no_grad():
-            self.lin.weight.copy_(w)
-            self.lin.bias.copy_(b)
-
-    def forward(self, z):
-        return self.lin(z)
-
-
 def _correlated_vae(guide, w, b):
     from pyro_vae.vae import VAE
 
     # the encoder is an untrained MLP: a poor amortized q, and q* starts far from the posterior
     return VAE(D, L, hidden=(8,), prior="normal", likelihood={"name": "gaussian", "scale": SIGMA},
-               decoder=_LinearDecoder(w, b), guide=guide, seed=0).double()
+               decoder=linear_gaussian.LinearDecoder(w, b), guide=guide, seed=0).double()
 
 
 def test_full_covariance_q_star_is_the_exact_posterior():

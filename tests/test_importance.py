@@ -3,7 +3,6 @@ import math
 
 import pytest
 import torch
-from torch import nn
 
 import pyro
 import pyro.distributions as dist
@@ -23,45 +22,9 @@ F64 = torch.float64
 pytestmark = pytest.mark.usefixtures("one_thread")  # many small operations
 
 
-# ----------------------------------------------------------------------------- linear-Gaussian model
-class LinearGaussian:
-    """The linear-Gaussian model (tests/linear_gaussian.py) as a Pyro model with an exact and a
-    perturbed guide."""
-
-    def __init__(self, d=5, latent=3, sigma=0.5, seed=0):
-        g = torch.Generator().manual_seed(seed)
-        self.w = torch.randn(d, latent, generator=g, dtype=F64)
-        self.b = torch.randn(d, generator=g, dtype=F64)
-        self.sigma, self.d, self.latent = sigma, d, latent
-        self.post_cov = linear_gaussian.posterior(self.b[None], self.w, self.b, sigma)[1]
-
-    def model(self, x):
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(self.latent, dtype=F64), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(z @ self.w.T + self.b, self.sigma).to_event(1), obs=x)
-
-    def post_loc(self, x):
-        return linear_gaussian.posterior(x, self.w, self.b, self.sigma)[0]
-
-    def exact_guide(self, x):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.MultivariateNormal(self.post_loc(x), covariance_matrix=self.post_cov))
-
-    def perturbed_guide(self, x, shift=0.3, stretch=1.5):
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(self.post_loc(x) + shift,
-                                         stretch * self.post_cov.diagonal().sqrt()).to_event(1))
-
-    def log_px(self, x):
-        return linear_gaussian.log_px(x, self.w, self.b, self.sigma)
-
-    def sample(self, n, seed=1):
-        return linear_gaussian.sample(n, self.w, self.b, self.sigma, seed)
-
-
 @pytest.fixture
 def lg():
-    return LinearGaussian()
+    return linear_gaussian.PyroModel()
 
 
 # ----------------------------------------------------------------------------- exactness
@@ -662,17 +625,8 @@ def test_guides_with_a_parameter_row_per_datapoint_are_not_split(lg, kind):
 def test_models_that_cannot_be_estimated_per_datapoint_are_refused(lg):
     x = lg.sample(5)
 
-    def global_model(x):
-        w = pyro.sample("w", dist.Normal(0.0, 1.0))
-        with pyro.plate("data", x.shape[0]):
-            loc = w.unsqueeze(-1) * torch.ones(lg.d, dtype=F64)
-            pyro.sample("x", dist.Normal(loc, 1.0).to_event(1), obs=x)
-
-    def global_guide(x):
-        pyro.sample("w", dist.Normal(0.0, 1.0))
-
     with pytest.raises(ValueError, match="not inside"):
-        log_likelihood(global_model, global_guide, x, num_samples=2)
+        log_likelihood(lg.global_model, lg.global_guide, x, num_samples=2)
 
     def empty_guide(x):
         pass
@@ -789,37 +743,17 @@ def test_data_follow_the_parameters_the_programs_read():
     assert list(pyro.get_param_store().keys()) == []  # the probe left no parameter behind
     assert program_dtype(model, guide, x.double()) == torch.float32
     # float64 programs without parameters (the linear-Gaussian tests): float64 data stay float64
-    lg = LinearGaussian()
+    lg = linear_gaussian.PyroModel()
     assert program_dtype(lg.model, lg.exact_guide, lg.sample(3)) is None
 
 
 # ----------------------------------------------------------------------------- the library's VAE
-class _Net(nn.Module):
-    def __init__(self, d, latent):
-        super().__init__()
-        self.enc = nn.Linear(d, 2 * latent)
-        self.dec = nn.Linear(latent, d)
-
-
 def test_param_store_is_left_as_it_was(lg):
     """pyro.module registrations made during estimation are removed; existing params stay."""
-    net = _Net(5, 3).double()
+    net = linear_gaussian.LinearNet(5, 3).double()
     x = lg.sample(6)
     pyro.param("existing", torch.ones(2))
-
-    def model(x):
-        pyro.module("net", net)
-        with pyro.plate("data", x.shape[0]):
-            z = pyro.sample("z", dist.Normal(torch.zeros(3, dtype=F64), 1.0).to_event(1))
-            pyro.sample("x", dist.Normal(net.dec(z), 1.0).to_event(1), obs=x)
-
-    def guide(x):
-        pyro.module("net", net)
-        loc, log_scale = net.enc(x).chunk(2, -1)
-        with pyro.plate("data", x.shape[0]):
-            pyro.sample("z", dist.Normal(loc, log_scale.exp()).to_event(1))
-
-    est = log_likelihood(model, guide, x, num_samples=10, seed=0)
+    est = log_likelihood(net.model, net.guide, x, num_samples=10, seed=0)
     assert torch.isfinite(est.per_datapoint).all()
     assert list(pyro.get_param_store().keys()) == ["existing"]
     assert all(p.grad is None for p in net.parameters())

@@ -287,3 +287,130 @@ def test_fit_mixture_run_writes_what_the_estimator_computes(tmp_path):
     np.save(tmp_path / "points.npy", x.numpy())
     with pytest.raises(ValueError, match="chunk_rows reads CSV files"):
         fit_mixture_run(tmp_path / "npy", tmp_path / "points.npy", chunk_rows=16)
+
+
+# ------------------------------------------------------------------ evaluate_run
+def test_evaluate_run_writes_what_log_likelihood_and_inference_gaps_compute(trained, tmp_path):
+    from pyro_vae.gaps import inference_gaps
+    from pyro_vae.importance import log_likelihood
+    from pyro_vae.runs import evaluate_run
+
+    out = _copy(trained, tmp_path)
+    result = evaluate_run(str(out), num_samples=20, gaps=True, gap_points=3, gap_steps=4, seed=5, progress=False)
+    vae, _, test_x = load_run(str(out))
+    est = log_likelihood(vae.model, vae.guide, test_x, 20, seed=5)
+    table = pd.read_csv(out / "log_likelihood.csv")
+    assert table["datapoint"].tolist() == list(range(test_x.shape[0]))
+    assert np.allclose(table["log_px"], est.per_datapoint.numpy(), atol=1e-5)
+    assert np.allclose(table["elbo"], est.elbo.numpy(), atol=1e-5)
+    assert result["method"] == "is" and result["run_dir"] == str(out)
+    assert result["mean"] == pytest.approx(est.mean, abs=1e-5) and result["num_samples"] == 20
+    assert result["num_datapoints"] == test_x.shape[0]
+    expected = inference_gaps(vae, test_x[:3], num_samples=20, steps=4, seed=5)
+    gaps = pd.read_csv(out / "gaps.csv")
+    assert gaps["datapoint"].tolist() == [0, 1, 2] and result["gap_datapoints"] == 3
+    for column in ("log_px", "elbo_optimized", "amortization_gap"):
+        assert np.allclose(gaps[column], expected[column], atol=1e-5), column
+    assert result["gaps"]["inference_gap"]["mean"] == pytest.approx(expected["inference_gap"].mean(), abs=1e-5)
+    assert result["files"] == [str(out / "log_likelihood.csv"), str(out / "gaps.csv")]
+    assert not (out / "log_likelihood_ais.csv").exists()
+    assert not [p for p in out.iterdir() if ".tmp" in p.name]
+    json.dumps(result)  # the summary is plain JSON
+
+
+def test_evaluate_run_by_ais_writes_what_ais_log_likelihood_computes(trained, tmp_path):
+    from pyro_vae.ais import ais_log_likelihood
+    from pyro_vae.runs import evaluate_run
+
+    out = _copy(trained, tmp_path)
+    result = evaluate_run(out, method="ais", num_steps=3, num_chains=2, num_leapfrog_steps=2, seed=1,
+                          progress=False)
+    vae, _, test_x = load_run(str(out))
+    est = ais_log_likelihood(vae.model, vae.guide, test_x, 3, 2, num_leapfrog_steps=2, seed=1, progress=False)
+    table = pd.read_csv(out / "log_likelihood_ais.csv")
+    assert np.allclose(table["log_px"], est.per_datapoint.numpy(), atol=1e-5)
+    assert result["method"] == "ais" and result["num_chains"] == 2 and result["num_steps"] == 3
+    assert result["files"] == [str(out / "log_likelihood_ais.csv")]
+    assert not (out / "log_likelihood.csv").exists()
+
+
+def test_evaluate_run_on_other_data(trained, tmp_path):
+    from pyro_vae.importance import log_likelihood
+    from pyro_vae.runs import evaluate_run
+
+    out = _copy(trained, tmp_path)
+    vae, _, _ = load_run(str(out))
+    x = torch.randn(6, 2, generator=torch.Generator().manual_seed(3))
+    expected = log_likelihood(vae.model, vae.guide, x, 8, seed=0).per_datapoint.numpy()
+    np.save(tmp_path / "x.npy", x.numpy())
+    for data in (x, x.numpy().astype("float64"), str(tmp_path / "x.npy")):
+        result = evaluate_run(out, num_samples=8, data=data, progress=False)
+        assert result["num_datapoints"] == 6
+        assert np.allclose(pd.read_csv(out / "log_likelihood.csv")["log_px"], expected, atol=1e-5)
+    with pytest.raises(ValueError, match="has 3 features per datapoint; the run's model needs 2"):
+        evaluate_run(out, num_samples=8, data=torch.zeros(4, 3), progress=False)
+    with pytest.raises(ValueError, match=r"x3\.npy has 3 features"):
+        np.save(tmp_path / "x3.npy", np.zeros((4, 3), dtype="float32"))
+        evaluate_run(out, num_samples=8, data=str(tmp_path / "x3.npy"), progress=False)
+    with pytest.raises(TypeError, match="data must be a torch.Tensor or numpy array"):
+        evaluate_run(out, num_samples=8, data=[[0.0, 1.0]], progress=False)
+
+
+@pytest.mark.parametrize("kwargs,error,needle", [
+    ({"method": "mc"}, ValueError, "unknown method .mc.; choose one of"),
+    ({"num_samples": 0}, ValueError, "num_samples must be a positive integer, got 0"),
+    ({"num_samples": 2.0}, TypeError, "num_samples must be an integer"),
+    ({"gaps": True, "gap_steps": -1}, ValueError, "gap_steps must be a non-negative integer"),
+    ({"gaps": 1}, TypeError, "gaps must be"),
+    ({"seed": None}, TypeError, "seed must be a non-negative integer"),
+    ({"particle_batch_size": 0}, ValueError, "particle_batch_size must be a positive integer"),
+    ({"gap_points": 5}, ValueError, "gap_points sets the inference gaps"),
+    ({"num_steps": 5}, ValueError, "num_steps belongs to annealed importance sampling"),
+    ({"method": "ais", "num_samples": 5}, ValueError, "num_samples belongs to importance sampling"),
+    ({"method": "ais", "gaps": True}, ValueError, "gaps belongs to importance sampling"),
+    ({"method": "ais", "particle_batch_size": 5}, ValueError, "particle_batch_size belongs to importance"),
+    ({"method": "ais", "num_chains": 0}, ValueError, "num_chains must be a positive integer"),
+])
+def test_evaluate_run_refuses_bad_settings_before_touching_the_folder(trained, tmp_path, kwargs, error, needle):
+    from pyro_vae.runs import evaluate_run
+
+    out = _copy(trained, tmp_path)
+    before = sorted(p.name for p in out.iterdir())
+    with pytest.raises(error, match=needle):
+        evaluate_run(out, progress=False, **kwargs)
+    assert sorted(p.name for p in out.iterdir()) == before
+
+
+def test_evaluate_run_holds_the_run_folder_lock_and_creates_no_folder(trained, tmp_path):
+    from pyro_vae.runs import evaluate_run
+    from pyro_vae.storage import FolderInUseError, FolderLock
+
+    out = _copy(trained, tmp_path)
+    with FolderLock(str(out)):
+        with pytest.raises(FolderInUseError, match="in use by another process"):
+            evaluate_run(out, num_samples=4, progress=False)
+    assert not (out / "log_likelihood.csv").exists()
+    with pytest.raises(FileNotFoundError, match="run folder not found"):
+        evaluate_run(tmp_path / "missing", num_samples=4, progress=False)
+    assert not (tmp_path / "missing").exists()
+
+
+def test_evaluate_run_of_a_mixture_vae_takes_importance_sampling_only(tmp_path):
+    from pyro_vae.importance import log_likelihood
+    from pyro_vae.runs import evaluate_run
+
+    out = tmp_path / "m"
+    x = (torch.rand(40, 6, generator=torch.Generator().manual_seed(0)) > 0.5).float()
+    torch.save(x, tmp_path / "x.pt")
+    train_run(str(out), {"data": {"source": str(tmp_path / "x.pt"), "binarize": False},
+                         "model": {"kind": "mixture_vae", "n_components": 2, "latent_dim": 1, "hidden": [4],
+                                   "likelihood": "bernoulli"},
+                         "fit": {"epochs": 1, "batch_size": 20}}, quiet=True)
+    result = evaluate_run(out, num_samples=6, seed=2, progress=False)
+    model, _, test_x = load_run(str(out))
+    expected = log_likelihood(model.model, model.guide, test_x, 6, seed=2)
+    assert result["mean"] == pytest.approx(expected.mean, abs=1e-5)
+    with pytest.raises(ValueError, match="gaps optimizes a Gaussian"):
+        evaluate_run(out, gaps=True, progress=False)
+    with pytest.raises(ValueError, match="method 'ais' moves continuous latents"):
+        evaluate_run(out, method="ais", progress=False)

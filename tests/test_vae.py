@@ -30,18 +30,6 @@ def _linear_gaussian(seed=0):
     return w, b
 
 
-class _LinearDecoder(nn.Module):
-    def __init__(self, w, b):
-        super().__init__()
-        self.lin = nn.Linear(L, D).double()
-        with torch.no_grad():
-            self.lin.weight.copy_(w)
-            self.lin.bias.copy_(b)
-
-    def forward(self, z):
-        return self.lin(z)
-
-
 class _ExactPosteriorEncoder(nn.Module):
     """q(z|x) = p(z|x) for the linear-Gaussian model, optionally with perturbed moments."""
 
@@ -63,7 +51,7 @@ def _exact_log_px(x, w, b):
 
 def _vae(w, b, **enc):
     return VAE(D, L, likelihood={"name": "gaussian", "scale": SIGMA}, prior="normal",
-               encoder=_ExactPosteriorEncoder(w, b, **enc), decoder=_LinearDecoder(w, b)).double()
+               encoder=_ExactPosteriorEncoder(w, b, **enc), decoder=lg.LinearDecoder(w, b)).double()
 
 
 def _data(w, b, n=64, seed=1):
