@@ -180,6 +180,7 @@ def test_chunked_and_uncached_computation_equals_the_default(monkeypatch):
             inits["precisions_init"] = torch.diagonal(prec, dim1=-2, dim2=-1).clone()
         results[ct] = fit_quietly(GaussianMixture(3, covariance_type=ct, **inits), x)
     monkeypatch.setattr(G, "CHUNK_ELEMENTS", 40)                # many chunks, some of uneven size
+    monkeypatch.setattr(G, "GRAM_BLOCK_ELEMENTS", 40)           # many gram blocks per chunk
     monkeypatch.setattr(sources, "FEATURE_CACHE_BYTES", 0)      # gram features recomputed per chunk
     for ct in ("full", "diag"):
         if ct == "diag":
@@ -191,6 +192,21 @@ def test_chunked_and_uncached_computation_equals_the_default(monkeypatch):
             assert chunked.lower_bound_ == pytest.approx(results[ct].lower_bound_, rel=1e-13)
             torch.testing.assert_close(chunked.covariances_, results[ct].covariances_, rtol=1e-11, atol=1e-13)
             torch.testing.assert_close(chunked.score_samples(x), results[ct].score_samples(x), rtol=1e-12, atol=1e-12)
+
+
+@pytest.mark.parametrize("covariance_type", COVARIANCE_TYPES)
+def test_cached_features_in_many_blocks_equal_one_block(monkeypatch, covariance_type):
+    # the in-memory features are kept whole and passed to the E and M steps block by block
+    x = overlapping_data(n=500, d=3)
+    kwargs = dict(covariance_type=covariance_type, init_params="random", random_state=1, max_iter=20,
+                  tol=0.0, algorithm="gram")
+    monkeypatch.setattr(G, "GRAM_BLOCK_ELEMENTS", 1 << 30)     # one block of all 500 rows
+    whole = fit_quietly(GaussianMixture(3, **kwargs), x)
+    monkeypatch.setattr(G, "GRAM_BLOCK_ELEMENTS", 7 * G.n_gram_features(G.scatter_kind(covariance_type), 3))
+    blocks = fit_quietly(GaussianMixture(3, **kwargs), x)        # blocks of 7 rows, the last of 3
+    assert blocks.lower_bound_ == pytest.approx(whole.lower_bound_, rel=1e-13)
+    for name in ("weights_", "means_", "covariances_"):
+        torch.testing.assert_close(getattr(blocks, name), getattr(whole, name), rtol=1e-11, atol=1e-13)
 
 
 @pytest.mark.parametrize("algorithm", ["auto", "centered"])

@@ -32,11 +32,13 @@ import torch
 __all__ = [
     "COVARIANCE_TYPES",
     "CHUNK_ELEMENTS",
+    "GRAM_BLOCK_ELEMENTS",
     "GRAM_TOLERANCE",
     "MixtureParams",
     "scatter_kind",
     "parameter_shape",
     "chunk_rows",
+    "gram_block_rows",
     "effective_counts",
     "covariance_from_scatter",
     "add_to_diagonal",
@@ -64,6 +66,10 @@ COVARIANCE_TYPES = ("full", "tied", "diag", "spherical")
 GRAM_TOLERANCE = 1e-10
 # number of elements of the largest per-chunk intermediate array of the centered computation
 CHUNK_ELEMENTS = 1 << 19
+# number of elements of the gram features of one block of rows: a block, its (K, rows)
+# responsibilities and the passes over them stay in the CPU cache between the E step product,
+# the normalization and the M step product
+GRAM_BLOCK_ELEMENTS = 1 << 18
 # added (times the machine epsilon) to the component counts: an empty component divides by a
 # tiny number instead of zero
 _COUNT_FLOOR = 10.0
@@ -115,6 +121,11 @@ def parameter_shape(covariance_type, k, d):
 def chunk_rows(width):
     """Rows per chunk so that a ``(rows, width)`` intermediate holds at most ``CHUNK_ELEMENTS``."""
     return max(1, CHUNK_ELEMENTS // max(1, width))
+
+
+def gram_block_rows(n_features, k):
+    """Rows per block of the gram computation: ``GRAM_BLOCK_ELEMENTS`` over ``max(F, K)``."""
+    return max(1, GRAM_BLOCK_ELEMENTS // max(1, n_features, k))
 
 
 def effective_counts(nk):
@@ -373,12 +384,12 @@ def normalize_(wlp, out, dim=1):
     :param int dim: the dimension of the components.
     :returns: ``logsumexp(wlp, dim)``, shape ``(c,)``.
     """
-    log_floor = 0.5 * math.log(torch.finfo(wlp.dtype).tiny)
+    floor = math.sqrt(torch.finfo(wlp.dtype).tiny)
     top = wlp.amax(dim=dim, keepdim=True)
-    torch.exp(wlp.sub_(top).clamp_min_(log_floor), out=out)
-    torch.nn.functional.threshold_(out, math.exp(log_floor), 0.0)
-    total = out.sum(dim=dim, keepdim=True)
-    out.div_(total)
+    torch.exp(wlp.sub_(top), out=out)
+    torch.nn.functional.threshold_(out, floor, 0.0)   # also every subnormal exp(...) -> 0
+    total = out.sum(dim=dim, keepdim=True)            # >= 1: the maximum contributes exp(0)
+    out.mul_(total.reciprocal())
     return (top + total.log_()).squeeze(dim)
 
 

@@ -27,6 +27,7 @@ from pyro_vae.checks import check_finite
 from pyro_vae.mixture.gaussian import (
     chunk_rows,
     effective_counts,
+    gram_block_rows,
     gram_features,
     n_gram_features,
     normalize_,
@@ -330,10 +331,10 @@ class ChunkSource:
     def _feature_blocks(self, kind, k):
         """Gram features of all rows, transposed, block by block: ``(F, r)`` tensors.
 
-        A block and its ``(K, r)`` responsibilities hold at most ``CHUNK_ELEMENTS`` elements each.
+        A block holds :func:`~pyro_vae.mixture.gaussian.gram_block_rows` rows.
         """
         n_features = n_gram_features(kind, self.d)
-        rows = chunk_rows(max(n_features, k))
+        rows = gram_block_rows(n_features, k)
         buffer = None
         for x in self:
             for s in range(0, x.shape[0], rows):
@@ -463,6 +464,7 @@ class MemorySource(ChunkSource):
             phi_t = torch.empty(n_features, X.shape[0], dtype=X.dtype, device=X.device)
             gram_features(X.T.contiguous().T, kind, phi_t.T)
             self._features[kind] = phi_t
-        # one block of all rows: few large operations parallelize best (and suffer least on a
-        # busy machine); blocks that fit in the cache measured at most 5% faster on one thread
-        yield self._features[kind]
+        phi_t = self._features[kind]
+        rows = gram_block_rows(n_features, k)
+        for s in range(0, phi_t.shape[1], rows):
+            yield phi_t[:, s:s + rows]
