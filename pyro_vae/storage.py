@@ -106,18 +106,18 @@ def check_output_folder(folder, what="output folder"):
     folder = os.fspath(folder)
     if os.path.exists(folder) and not os.path.isdir(folder):
         raise NotADirectoryError(f"{what} {folder} is an existing file, not a folder; choose another "
-                                 "folder (--out)")
+                                 "folder")
     try:
         os.makedirs(folder, exist_ok=True)
     except (FileExistsError, NotADirectoryError):  # a parent is a file
         raise NotADirectoryError(f"{what} {folder} cannot be created: a part of its path is a file; "
-                                 "choose another folder (--out)") from None
+                                 "choose another folder") from None
     except PermissionError:
         raise PermissionError(f"{what} {folder} cannot be created: permission denied; choose a folder you "
-                              "can write to (--out), or ask for write permission on its parent") from None
+                              "can write to, or ask for write permission on its parent") from None
     if not os.access(folder, os.W_OK | os.X_OK):
         raise PermissionError(f"{what} {folder} is not writable: permission denied; choose a folder you can "
-                              f"write to (--out), or make it writable (chmod u+w {folder})")
+                              f"write to, or make it writable (chmod u+w {folder})")
     return folder
 
 
