@@ -17,8 +17,10 @@ Both estimators get the same float64 data (N samples of a K-component mixture in
 with random full covariances), the same initial parameters (``weights_init``, ``means_init``,
 ``precisions_init``: K distinct random samples as means, equal weights, the inverse of the data
 variance as diagonal precisions), ``max_iter`` iterations with ``tol=0`` (so both run exactly
-the same number of iterations) and the same number of threads (torch and the numpy BLAS). The
-time of a whole ``fit`` (for ours including the one-off setup of the data features) is divided
+the same number of iterations) and the same number of threads (torch and the numpy BLAS). Fits
+alternate in an order that rotates from one repeat to the next, half a second apart (numpy's
+OpenBLAS threads spin on the cores for a while after a call, which slowed whichever contender
+came right after scikit-learn in a fixed order). The time of a whole ``fit`` (for ours including the one-off setup of the data features) is divided
 by the number of iterations; fits of the two libraries alternate, and the median and the best
 of ``--repeats`` fits are reported (the best is the steadier figure on a shared machine; the
 load average before and after the run is recorded). The relative differences of the
@@ -48,6 +50,9 @@ from pyro_vae.mixture import GaussianMixture  # noqa: E402
 from pyro_vae.storage import write_text  # noqa: E402
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+# seconds between two timed fits: numpy's OpenBLAS threads keep spinning on the cores for a while
+# after a call returns, and would slow whichever contender ran right after scikit-learn
+PAUSE = 0.5
 
 
 def load_baseline(ref):
@@ -196,8 +201,11 @@ def main(argv=None):
                         make, data, done = makers[name]
                         timed_fit(make, data, done)
                 times, fits = {name: [] for name in makers}, {}
-                for _ in range(args.repeats):          # the contenders alternate
-                    for name, (make, data, done) in makers.items():
+                order = list(makers)
+                for r in range(args.repeats):          # the contenders alternate, in rotating order
+                    for name in order[r % len(order):] + order[:r % len(order)]:
+                        make, data, done = makers[name]
+                        time.sleep(PAUSE)  # a BLAS's threads that spin after its call go to sleep first
                         fits[name], t = timed_fit(make, data, done)
                         times[name].append(t)
                 assert all(gm.n_iter_ == args.iters for gm in fits.values())
