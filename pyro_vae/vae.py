@@ -196,10 +196,7 @@ class VAE(VAEBase):
             )
 
     def _plate(self, x, num_data):
-        n = x.shape[0]
-        if num_data is None or num_data == n:
-            return data_plate(x)
-        return data_plate(x, num_data, self._subsample(n, x.device))
+        return data_plate(x, num_data, self._subsample(x.shape[0], x.device))
 
     def _subsample(self, n, device):
         """``torch.arange(n)`` on ``device``, kept between calls (minibatches repeat their size)."""
