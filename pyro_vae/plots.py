@@ -109,7 +109,7 @@ def plot_method_comparison(table, ax=None):
     ax.errorbar(pos + 0.08, table["heldout_elbo"], fmt="s", capsize=4, label="held-out ELBO",
                 alpha=0.8)
     ax.set_xticks(pos)
-    ax.set_xticklabels(table["method"])
+    ax.set_xticklabels(table["method"], rotation=20, ha="right")   # long method names do not overlap
     ax.set_ylabel("nats per datapoint")
     ax.grid(alpha=0.3, axis="y")
     ax.legend()
@@ -117,7 +117,7 @@ def plot_method_comparison(table, ax=None):
 
 
 def plot_training_curves(histories):
-    """EM log-likelihood per iteration and VAE ELBO per epoch, side by side.
+    """EM log-likelihood per iteration and the ELBO per epoch of the SVI fits, side by side.
 
     :param dict histories: ``"em"`` -> frame with ``iteration, log_likelihood``; other names ->
         frames with ``epoch, train_elbo, val_elbo``.
@@ -137,7 +137,7 @@ def plot_training_curves(histories):
         b.plot(h["epoch"], h["train_elbo"], label=f"{name} train")
         if h["val_elbo"].notna().any():
             b.plot(h["epoch"], h["val_elbo"], label=f"{name} held-out", linestyle="--")
-    b.set_title("VAE: ELBO per epoch")
+    b.set_title("SVI: ELBO per epoch")
     b.set_xlabel("epoch")
     b.set_ylabel("nats per datapoint")
     b.grid(alpha=0.3)
