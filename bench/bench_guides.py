@@ -86,6 +86,10 @@ CANDIDATES = {
     # convolutional encoder/decoder: image structure built in, fewer weights to overfit 9,000 digits
     "conv": {"model": {"network": "conv"}},
     "conv_iaf": {"model": {"network": "conv", "guide": "iaf", "num_flows": 2}},
+    # the convolutional networks under the importance-weighted bound (K=5)
+    "conv_iwae5": {"model": {"network": "conv"}, "fit": {"objective": "iwae", "num_particles": 5}},
+    # the tightest importance-weighted bound tried on the MLP (K=20)
+    "iwae20": {"fit": {"objective": "iwae", "num_particles": 20}},
     # a deeper MLP (two hidden layers as in the VampPrior paper) with the flow
     "deep_iaf": {"model": {"hidden": [300, 300], "guide": "iaf", "num_flows": 2}},
     # KL warm-up over the first 10 epochs (fewer inactive latent units), with the flow
