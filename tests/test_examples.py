@@ -122,3 +122,74 @@ def test_mnist_vae(tmp_path, monkeypatch, capsys):
     assert -784 * math.log(2) < logpx < 0
     for name in ("elbo.png", "reconstructions.png", "samples.png"):
         assert (tmp_path / "runs" / "mnist" / name).stat().st_size > 1000
+
+
+def _ppca_max_log_likelihood(x):
+    """Mean log-likelihood of probabilistic PCA at its closed-form maximum (Tipping & Bishop):
+    the sample covariance's top eigenvalues kept, the others averaged into the noise."""
+    n, d = x.shape
+    cov = np.cov(x, rowvar=False, bias=True)
+    values, vectors = np.linalg.eigh(cov)
+    values, vectors = values[::-1], vectors[:, ::-1]
+    latent = 2
+    noise = values[latent:].mean()
+    w = vectors[:, :latent] * np.sqrt(values[:latent] - noise)
+    return multivariate_normal(x.mean(0), w @ w.T + noise * np.eye(d)).logpdf(x).mean()
+
+
+@pytest.mark.slow
+def test_fit_pyro_program(tmp_path, monkeypatch, capsys):
+    out, module = _run("fit_pyro_program.py", tmp_path, monkeypatch, capsys)
+    match = re.search(r"trained (\d+) epochs \(resumed after (\d+)\)", out)
+    assert match and int(match.group(1)) == 2 * int(match.group(2))
+    assert (tmp_path / "runs" / "fit_pyro_program" / "checkpoint.pt").stat().st_size > 0
+    exact, = _find(r"exact log p\(x\) = " + NUMBER, out)
+    sklearn_best, = _find(r"scikit-learn PCA, closed form\) = " + NUMBER, out)
+    estimate, se, elbo = _find(r"importance sampling \(K=\d+\): " + NUMBER + " ± " + NUMBER + ", ELBO " + NUMBER, out)
+    best = _ppca_max_log_likelihood(module["make_data"]().double().numpy())
+    # scikit-learn's PCA is the same closed form (its covariance divides by N - 1)
+    assert sklearn_best == pytest.approx(best, abs=5e-3)
+    # the trained program is below the maximum, and close to it
+    assert exact <= best + 1e-3 and best - exact < 0.06
+    # importance sampling from the trained guide recovers the exact value; the ELBO is below
+    assert estimate == pytest.approx(exact, abs=0.01) and se > 0
+    assert elbo <= estimate
+
+
+@pytest.mark.slow
+def test_ais_and_bdmc(tmp_path, monkeypatch, capsys):
+    out, module = _run("ais_and_bdmc.py", tmp_path, monkeypatch, capsys)
+    exact, = _find(r"exact log p\(x\) = " + NUMBER, out)
+    x = module["make_data"](20).double().numpy()
+    W, B = (np.asarray(module[k], dtype=float) for k in ("W", "B"))
+    reference = multivariate_normal(B, W @ W.T + module["SIGMA"] ** 2 * np.eye(len(B))).logpdf(x).mean()
+    assert exact == pytest.approx(reference, abs=1e-4)
+    importance, = _find(r"importance sampling, 16 samples: " + NUMBER, out)
+    ais = {int(steps): float(v) for steps, v in re.findall(r"AIS, 16 chains x\s+(\d+) steps: " + NUMBER, out)}
+    assert sorted(ais) == [10, 100]
+    # more annealing steps close the distance to log p(x), from below (up to Monte Carlo error)
+    assert importance < ais[10] < ais[100] <= exact + 0.05
+    assert exact - ais[100] < 0.1 < exact - importance
+    lower, truth, upper, gap = _find(r"lower " + NUMBER + ", exact " + NUMBER + ", upper " + NUMBER + ", gap "
+                                     + NUMBER, out)
+    # the sandwich holds the true value
+    assert lower <= truth + 0.05 and truth <= upper + 0.05
+    assert gap == pytest.approx(upper - lower, abs=1e-3) and gap < 2.0
+
+
+@pytest.mark.slow
+def test_discrete_latents(tmp_path, monkeypatch, capsys):
+    out, _ = _run("discrete_latents.py", tmp_path, monkeypatch, capsys)
+    em, = _find(r"EM\s+" + NUMBER, out)
+    fits = {name: (float(ll), float(gap)) for name, ll, gap in
+            re.findall(r"SVI, (\w+)\s+" + NUMBER + "  gap " + NUMBER, out)}
+    assert sorted(fits) == ["enum", "tracegraph"]
+    for name, (ll, gap) in fits.items():
+        # the same model as EM's: near EM's held-out log-likelihood, with a gap of at least 0
+        assert abs(ll - em) < 0.2 and gap >= 0, name
+    variance = {name: float(v) for name, v in re.findall(r"^  (\w+)\s+(\d+\.?\d*(?:e[+-]?\d+)?)", out, re.M)}
+    assert sorted(variance) == ["enum", "trace", "tracegraph", "tracegraph_decaying", "tracegraph_neural"]
+    # Rao-Blackwellization alone removes nothing here; baselines and the exact sum do
+    assert variance["tracegraph"] == pytest.approx(variance["trace"], rel=1e-3)
+    assert variance["enum"] < variance["tracegraph_neural"] < variance["trace"]
+    assert variance["tracegraph_decaying"] < variance["trace"]
