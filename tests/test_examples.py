@@ -158,23 +158,37 @@ def test_fit_pyro_program(tmp_path, monkeypatch, capsys):
 
 @pytest.mark.slow
 def test_ais_and_bdmc(tmp_path, monkeypatch, capsys):
+    from scipy.integrate import quad
+    from scipy.stats import norm
+
     out, module = _run("ais_and_bdmc.py", tmp_path, monkeypatch, capsys)
     exact, = _find(r"exact log p\(x\) = " + NUMBER, out)
+    # log p(x) again, by scipy's adaptive quadrature, the integrand scaled by its value at the
+    # grid's best z so that it does not underflow
     x = module["make_data"](20).double().numpy()
-    W, B = (np.asarray(module[k], dtype=float) for k in ("W", "B"))
-    reference = multivariate_normal(B, W @ W.T + module["SIGMA"] ** 2 * np.eye(len(B))).logpdf(x).mean()
-    assert exact == pytest.approx(reference, abs=1e-4)
+    a, b, sigma = np.asarray(module["A"], dtype=float), np.asarray(module["B"], dtype=float), module["SIGMA"]
+
+    def log_joint(z, row):
+        return norm.logpdf(z) + norm.logpdf(row, a * np.sin(3 * z) + b * z, sigma).sum()
+
+    reference = []
+    for row in x:
+        grid = np.linspace(-10, 10, 2001)
+        top = max(log_joint(z, row) for z in grid)
+        value, _ = quad(lambda z: np.exp(log_joint(z, row) - top), -10, 10, points=list(grid[::100]), limit=500)
+        reference.append(top + np.log(value))
+    assert exact == pytest.approx(np.mean(reference), abs=1e-4)
     importance, = _find(r"importance sampling, 16 samples: " + NUMBER, out)
     ais = {int(steps): float(v) for steps, v in re.findall(r"AIS, 16 chains x\s+(\d+) steps: " + NUMBER, out)}
     assert sorted(ais) == [10, 100]
     # more annealing steps close the distance to log p(x), from below (up to Monte Carlo error)
     assert importance < ais[10] < ais[100] <= exact + 0.05
-    assert exact - ais[100] < 0.1 < exact - importance
+    assert exact - ais[100] < 0.25 < exact - importance
     lower, truth, upper, gap = _find(r"lower " + NUMBER + ", exact " + NUMBER + ", upper " + NUMBER + ", gap "
                                      + NUMBER, out)
     # the sandwich holds the true value
     assert lower <= truth + 0.05 and truth <= upper + 0.05
-    assert gap == pytest.approx(upper - lower, abs=1e-3) and gap < 2.0
+    assert gap == pytest.approx(upper - lower, abs=1e-3) and gap > 0
 
 
 @pytest.mark.slow
