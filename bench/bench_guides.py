@@ -93,6 +93,9 @@ CANDIDATES = {
     # a wider hidden layer under the K=10 and K=20 bounds ([256] -> [400] gained 0.45 nats under K=5)
     "wide_iwae10": {"model": {"hidden": [800]}, "fit": {"objective": "iwae", "num_particles": 10}},
     "wide_iwae20": {"model": {"hidden": [800]}, "fit": {"objective": "iwae", "num_particles": 20}},
+    # 500 pseudo-inputs in the VampPrior (the number of its paper for MNIST) instead of 50
+    "vamp500_iwae10": {"model": {"prior": ("vamp", {"n_pseudo": 500})},
+                       "fit": {"objective": "iwae", "num_particles": 10}},
     # a deeper MLP (two hidden layers as in the VampPrior paper) with the flow
     "deep_iaf": {"model": {"hidden": [300, 300], "guide": "iaf", "num_flows": 2}},
     # KL warm-up over the first 10 epochs (fewer inactive latent units), with the flow
