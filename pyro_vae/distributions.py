@@ -11,7 +11,10 @@ float rounding.
 
 * :class:`NormalEvent` -- ``Normal(loc, scale).to_event(1)``: the guide q(z|x), the normal
   priors, the components of the mixture priors and the Gaussian likelihoods;
-* :class:`BernoulliEvent` -- ``Bernoulli(logits=logits).to_event(1)``: the Bernoulli likelihood.
+* :class:`BernoulliEvent` -- ``Bernoulli(logits=logits).to_event(1)``: the Bernoulli likelihood;
+* :class:`NormalMixtureEvent` -- ``MixtureSameFamily(Categorical(logits), NormalEvent(loc,
+  scale))``: the mixture priors (VampPrior, mixture of Gaussians), whose ``log_prob`` forms no
+  ``(..., K, D)`` tensor of differences.
 
 Samples from given standard noise
 ---------------------------------
@@ -48,7 +51,7 @@ from torch.nn import functional as F
 
 import pyro.distributions as dist
 
-__all__ = ["NormalEvent", "BernoulliEvent", "inv_softplus", "NoiseSpec", "noise_spec", "sample_from_noise",
+__all__ = ["NormalEvent", "BernoulliEvent", "NormalMixtureEvent", "inv_softplus", "NoiseSpec", "noise_spec", "sample_from_noise",
            "gaussian_marginals"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
@@ -128,6 +131,60 @@ class BernoulliEvent(_VectorEvent):
             base._validate_sample(value)
         logits, value = broadcast_all(base.logits, value)
         return F.binary_cross_entropy_with_logits(logits, value, reduction="none").sum(-1).neg()
+
+
+class NormalMixtureEvent(dist.MixtureSameFamily):
+    """``MixtureSameFamily(Categorical(logits=logits), NormalEvent(loc, scale))``: K diagonal
+    Gaussians over vectors of size ``D``.
+
+    ``log_prob`` does not form the ``(..., K, D)`` differences of every point to every
+    component (the generic route's cost and memory grow with points x K x D, forward and
+    backward): the squared scaled distance of a point ``v`` to component ``k``,
+    ``sum_d v_d^2 / s_kd^2 - 2 v_d m_kd / s_kd^2 + m_kd^2 / s_kd^2``, comes from two matrix
+    products. The terms are large where a scale is small and cancel in the sum, so they are
+    formed in float64 (for float32 values and parameters: rounding far below 1e-6 nats), and the
+    result is returned in the values' floating-point type. Everything else -- sampling,
+    ``expand``, ``mean``, the component and mixture distributions -- is ``MixtureSameFamily``'s.
+
+    :param torch.Tensor logits: unnormalized log-weights of the components, ``(..., K)``.
+    :param torch.Tensor loc: means, ``(..., K, D)``.
+    :param torch.Tensor scale: standard deviations, broadcastable with ``loc``.
+    :param bool validate_args: as for any torch distribution.
+    """
+
+    def __init__(self, logits, loc, scale, validate_args=None):
+        super().__init__(dist.Categorical(logits=logits, validate_args=validate_args),
+                         NormalEvent(loc, scale, validate_args=validate_args), validate_args=validate_args)
+        # the parameters as given, before any expand (an expanded copy would be materialized
+        # by the conversion to float64)
+        self._params = (logits, loc, scale)
+
+    def expand(self, batch_shape, _instance=None):
+        new = self._get_checked_instance(NormalMixtureEvent, _instance)
+        new = super().expand(batch_shape, _instance=new)
+        new._params = self._params
+        return new
+
+    def log_prob(self, value):
+        """
+        :param torch.Tensor value: points, shape broadcastable with ``batch_shape + (D,)``.
+        :returns: ``log sum_k pi_k N(value | loc_k, diag(scale_k^2))``, shape
+            ``broadcast(value.shape[:-1], batch_shape)``.
+        """
+        if self._validate_args:
+            self._validate_sample(value)
+        logits, loc, scale = self._params
+        wide = torch.float64
+        loc, scale = torch.broadcast_tensors(loc.to(wide), scale.to(wide))
+        precision = scale.pow(-2)                                            # (B..., K, D)
+        v = value.to(wide).unsqueeze(-2)                                     # (S..., 1, D)
+        quad = (v.square() @ precision.transpose(-1, -2)
+                - 2.0 * (v @ (loc * precision).transpose(-1, -2))).squeeze(-2)   # (S..., K)
+        constant = (loc.square() * precision).sum(-1) + 2.0 * scale.log().sum(-1)
+        log_weights = torch.log_softmax(logits, dim=-1).to(wide)
+        out = torch.logsumexp(log_weights - 0.5 * (quad + constant), dim=-1) - loc.shape[-1] * _LOG_SQRT_2PI
+        shape = torch.broadcast_shapes(out.shape, self.batch_shape)
+        return out.to(torch.promote_types(value.dtype, self._params[1].dtype)).expand(shape)
 
 
 # --------------------------------------------------------------------------- samples from given noise

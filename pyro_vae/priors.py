@@ -30,7 +30,7 @@ import pyro.distributions as dist
 
 from pyro_vae.checks import call_for_distribution, check_positive_float, check_positive_int
 from pyro_vae.components import Component, build_declared, read_declaration
-from pyro_vae.distributions import NormalEvent, inv_softplus
+from pyro_vae.distributions import NormalEvent, NormalMixtureEvent, inv_softplus
 
 __all__ = [
     "Prior",
@@ -194,10 +194,7 @@ class MixtureOfGaussians(Prior):
         return F.softplus(self.raw_scales) + self.min_scale
 
     def forward(self):
-        return dist.MixtureSameFamily(
-            dist.Categorical(logits=self.logits),
-            NormalEvent(self.means, self.scales),
-        )
+        return NormalMixtureEvent(self.logits, self.means, self.scales)
 
     def describe(self):
         return {"name": "mixture", "latent_dim": self.latent_dim, "n_components": self.n_components,
@@ -247,10 +244,7 @@ class VampPrior(Prior):
 
     def forward(self):
         loc, scale = self.encoder(self.pseudo_inputs)
-        return dist.MixtureSameFamily(
-            dist.Categorical(logits=torch.zeros(loc.shape[:-1], dtype=loc.dtype, device=loc.device)),
-            NormalEvent(loc, scale),
-        )
+        return NormalMixtureEvent(torch.zeros(loc.shape[:-1], dtype=loc.dtype, device=loc.device), loc, scale)
 
     def describe(self):
         return {"name": "vamp", "latent_dim": self.latent_dim, "n_pseudo": self.n_pseudo,
