@@ -7,8 +7,8 @@ import pyro
 import pyro.distributions as dist
 from pyro.infer import Trace_ELBO, TraceMeanField_ELBO
 
-from pyro_vae.distributions import (BernoulliEvent, NormalEvent, gaussian_marginals, noise_spec,
-                                    sample_from_noise)
+from pyro_vae.distributions import (BernoulliEvent, NormalEvent, NormalMixtureEvent, gaussian_marginals,
+                                    noise_spec, sample_from_noise)
 
 F64 = torch.float64
 
@@ -69,6 +69,77 @@ def test_normal_event_behaves_as_the_distribution_it_stands_for():
 def test_normal_event_validates_its_arguments():
     with pytest.raises(ValueError):
         NormalEvent(torch.zeros(3), -torch.ones(3), validate_args=True)
+
+
+def _mixture_params(g, batch=(), k=6, d=4, dtype=F64):
+    logits = torch.randn(batch + (k,), generator=g, dtype=dtype).requires_grad_()
+    loc = (2 * torch.randn(batch + (k, d), generator=g, dtype=dtype)).requires_grad_()
+    scale = (0.05 + torch.rand(batch + (k, d), generator=g, dtype=dtype) * 2).requires_grad_()
+    return logits, loc, scale
+
+
+def _generic_mixture(logits, loc, scale):
+    return dist.MixtureSameFamily(dist.Categorical(logits=logits), dist.Normal(loc, scale).to_event(1))
+
+
+def test_normal_mixture_event_equals_mixture_same_family():
+    g = torch.Generator().manual_seed(10)
+    for batch, values in [((), [(4,), (7, 4), (2, 7, 4)]), ((3,), [(3, 4), (5, 3, 4), (4,)])]:
+        for shape in values:
+            params = _mixture_params(g, batch)
+            value = (2 * torch.randn(shape, generator=g, dtype=F64)).requires_grad_()
+            ours, ref = NormalMixtureEvent(*params), _generic_mixture(*params)
+            assert ours.batch_shape == ref.batch_shape and ours.event_shape == (4,)
+            _same_values_and_gradients(ours, ref, value, (value,) + params, g)
+
+
+def test_normal_mixture_event_expands_without_copying_and_samples_as_the_mixture():
+    g = torch.Generator().manual_seed(11)
+    params = _mixture_params(g)
+    ours = NormalMixtureEvent(*params).expand((5, 2))
+    ref = _generic_mixture(*params).expand((5, 2))
+    assert isinstance(ours, NormalMixtureEvent) and ours.batch_shape == (5, 2)
+    for shape in [(5, 2, 4), (3, 5, 2, 4), (4,), (2, 4)]:
+        value = torch.randn(shape, generator=g, dtype=F64)
+        torch.testing.assert_close(ours.log_prob(value), ref.log_prob(value), rtol=1e-12, atol=1e-12)
+    assert ours.sample((3,)).shape == (3, 5, 2, 4)
+    torch.testing.assert_close(ours.mean, ref.mean)
+    # the draws are the mixture's: the same generator state gives the same draws
+    torch.manual_seed(0)
+    a = ours.sample((4,))
+    torch.manual_seed(0)
+    torch.testing.assert_close(a, ref.sample((4,)))
+
+
+def test_normal_mixture_event_keeps_float32_accurate_where_scales_are_small():
+    # terms of about 1e6 per dimension cancel to a few nats: formed in float32 they would lose
+    # most of a nat; the float64 products keep the float32 result at the reference's rounding
+    g = torch.Generator().manual_seed(12)
+    logits, loc, scale = (p.detach() for p in _mixture_params(g, k=5, d=8))
+    loc = loc + 3.0
+    scale = torch.full_like(scale, 3e-3)
+    value = loc[2] + scale[2] * torch.randn(10, 8, generator=g, dtype=F64)
+    params32 = (logits.float(), loc.float(), scale.float())
+    ours = NormalMixtureEvent(*params32).log_prob(value.float())
+    assert ours.dtype == torch.float32
+    # the reference in float64 from the same float32 inputs: only the result's rounding differs
+    exact = _generic_mixture(*(p.double() for p in params32)).log_prob(value.float().double())
+    torch.testing.assert_close(ours.double(), exact, rtol=0, atol=1e-5)
+
+
+def test_mixture_priors_use_the_fast_mixture():
+    from pyro_vae.priors import make_prior
+    from pyro_vae.networks import Encoder
+
+    encoder = Encoder(6, 3, hidden=(5,))
+    for spec in [("mixture", {"n_components": 4}), "vamp"]:
+        prior = make_prior(spec, 3, encoder=encoder, data_dim=6)
+        d = prior()
+        assert isinstance(d, NormalMixtureEvent)
+        comp = d.component_distribution
+        ref = dist.MixtureSameFamily(d.mixture_distribution, dist.Normal(comp.loc, comp.scale).to_event(1))
+        z = torch.randn(7, 3)
+        torch.testing.assert_close(d.log_prob(z), ref.log_prob(z), rtol=1e-5, atol=1e-5)
 
 
 def test_bernoulli_event_equals_bernoulli_to_event():
