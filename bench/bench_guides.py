@@ -96,6 +96,8 @@ CANDIDATES = {
     # 500 pseudo-inputs in the VampPrior (the number of its paper for MNIST) instead of 50
     "vamp500_iwae10": {"model": {"prior": ("vamp", {"n_pseudo": 500})},
                        "fit": {"objective": "iwae", "num_particles": 10}},
+    "vamp500_iwae20": {"model": {"prior": ("vamp", {"n_pseudo": 500})},
+                       "fit": {"objective": "iwae", "num_particles": 20}},
     # a deeper MLP (two hidden layers as in the VampPrior paper) with the flow
     "deep_iaf": {"model": {"hidden": [300, 300], "guide": "iaf", "num_flows": 2}},
     # KL warm-up over the first 10 epochs (fewer inactive latent units), with the flow
