@@ -51,8 +51,8 @@ from torch.nn import functional as F
 
 import pyro.distributions as dist
 
-__all__ = ["NormalEvent", "BernoulliEvent", "NormalMixtureEvent", "inv_softplus", "NoiseSpec", "noise_spec", "sample_from_noise",
-           "gaussian_marginals"]
+__all__ = ["NormalEvent", "BernoulliEvent", "NormalMixtureEvent", "inv_softplus", "NoiseSpec", "noise_spec",
+           "sample_from_noise", "gaussian_marginals"]
 
 _LOG_SQRT_2PI = 0.5 * math.log(2 * math.pi)
 
@@ -141,9 +141,9 @@ class NormalMixtureEvent(dist.MixtureSameFamily):
     component (the generic route's cost and memory grow with points x K x D, forward and
     backward): the squared scaled distance of a point ``v`` to component ``k``,
     ``sum_d v_d^2 / s_kd^2 - 2 v_d m_kd / s_kd^2 + m_kd^2 / s_kd^2``, comes from two matrix
-    products. The terms are large where a scale is small and cancel in the sum, so they are
-    formed in float64 (for float32 values and parameters: rounding far below 1e-6 nats), and the
-    result is returned in the values' floating-point type. Everything else -- sampling,
+    products. The terms are large where a scale is small and cancel in the sum (in float32 they
+    would lose up to a nat at scales of 1e-3), so they are formed in float64 and only the result
+    is rounded to the values' floating-point type. Everything else -- sampling,
     ``expand``, ``mean``, the component and mixture distributions -- is ``MixtureSameFamily``'s.
 
     :param torch.Tensor logits: unnormalized log-weights of the components, ``(..., K)``.
