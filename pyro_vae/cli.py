@@ -59,6 +59,7 @@ def _add_train(sub):
                    help="dynamic binarization of [0,1] data (default for mnist10k)")
     p.add_argument("--no-binarize", dest="binarize", action="store_false")
     p.add_argument("--prior", help="normal, learned_normal, laplace, studentt, mixture, vamp")
+    p.add_argument("--pseudo-inputs", type=int, help="pseudo-inputs of the vamp prior (default 50)")
     p.add_argument("--likelihood", help="bernoulli, continuous_bernoulli, gaussian, gaussian_shared, "
                    "gaussian_feature, gaussian_decoder, laplace")
     p.add_argument("--objective", choices=["trace", "tracegraph", "meanfield", "enum", "iwae"])
@@ -117,7 +118,7 @@ def _train_overrides(args):
         source=args.data, root=args.root, download=args.download, binarize=args.binarize, data_seed=args.data_seed,
         model_kind=args.model, latent_dim=args.latent_dim, hidden=args.hidden, activation=args.activation,
         prior=args.prior, likelihood=args.likelihood, beta=args.beta, guide=args.guide, num_flows=args.num_flows,
-        network=args.network, n_components=args.components, baseline=args.baseline, objective=args.objective,
+        network=args.network, pseudo_inputs=args.pseudo_inputs, n_components=args.components, baseline=args.baseline, objective=args.objective,
         num_particles=args.num_particles, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         clip_norm=args.clip_norm, lr_schedule=args.lr_schedule, kl_warmup=args.kl_warmup, patience=args.patience,
         seed=args.seed)

@@ -136,9 +136,9 @@ def _build_vae(config, train_x):
 
 def train_overrides(*, source=None, root=None, download=None, binarize=None, data_seed=None, model_kind=None,
                     latent_dim=None, hidden=None, activation=None, prior=None, likelihood=None, beta=None,
-                    guide=None, num_flows=None, network=None, n_components=None, baseline=None, objective=None,
-                    num_particles=None, epochs=None, batch_size=None, lr=None, clip_norm=None, lr_schedule=None,
-                    kl_warmup=None, patience=None, seed=None):
+                    guide=None, num_flows=None, network=None, pseudo_inputs=None, n_components=None, baseline=None,
+                    objective=None, num_particles=None, epochs=None, batch_size=None, lr=None, clip_norm=None,
+                    lr_schedule=None, kl_warmup=None, patience=None, seed=None):
     """The configuration overrides for :func:`train_run` made of the settings given; a setting
     left at ``None`` keeps its value in :data:`DEFAULT_CONFIG` (or a stored run's, on resume).
 
@@ -146,14 +146,21 @@ def train_overrides(*, source=None, root=None, download=None, binarize=None, dat
     synthetic data); a source other than ``"mnist10k"`` is not binarized unless ``binarize``
     says so. Model: ``model_kind`` (``"vae"`` or ``"mixture_vae"``), ``latent_dim``, ``hidden``,
     ``activation``, ``likelihood``; for a VAE also ``prior``, ``beta``, ``guide``,
-    ``num_flows``, ``network``; for a mixture_vae ``n_components`` and ``baseline``
+    ``num_flows``, ``network`` and ``pseudo_inputs`` (the number of pseudo-inputs of the
+    VampPrior, the default prior: ``prior`` becomes ``["vamp", {"n_pseudo": pseudo_inputs}]``);
+    for a mixture_vae ``n_components`` and ``baseline``
     (``"none"``, ``"decaying"`` or ``"neural"``), and the objective defaults to ``"enum"``.
     Training: ``objective``, ``num_particles``, ``epochs``, ``batch_size``, ``lr``,
     ``clip_norm``, ``lr_schedule``, ``kl_warmup``, ``patience``; ``seed``.
 
     :returns: dict with the layout of :data:`DEFAULT_CONFIG`, holding only the settings given.
-    :raises ValueError: a setting of the other model kind, or ``n_components`` below 1.
+    :raises ValueError: a setting of the other model kind, ``n_components`` or
+        ``pseudo_inputs`` below 1, or ``pseudo_inputs`` with a prior other than ``"vamp"``.
     """
+    if pseudo_inputs is not None:
+        if prior not in (None, "vamp", "vampprior"):
+            raise ValueError(f"pseudo_inputs is an option of the vamp prior, not of prior={prior!r}")
+        prior = ["vamp", {"n_pseudo": check_positive_int(pseudo_inputs, "pseudo_inputs")}]
     data = {"source": source, "root": root, "download": download, "binarize": binarize, "seed": data_seed}
     if source is not None and source != "mnist10k" and binarize is None:
         data["binarize"] = False

@@ -57,6 +57,7 @@ def test_train_on_images_writes_grids(tmp_path):
     (["train", "--data", "/nonexistent/file.csv"], "nonexistent"),
     (["train", "--data", "synthetic", "--epochs", "0"], "epochs"),
     (["train", "--data", "synthetic", "--prior", "banana"], "prior"),
+    (["train", "--data", "synthetic", "--prior", "laplace", "--pseudo-inputs", "5"], "vamp prior"),
     (["train", "--data", "synthetic", "--device", "gpu"], "--device 'gpu' is not a device"),
     (["demo", "--device", "gpu"], "--device 'gpu' is not a device"),
 ])
@@ -237,6 +238,15 @@ def test_train_data_seed_option_is_stored(tmp_path, capsys):
     assert config["data"]["seed"] == 5 and config["data"]["split_seed"] == 0
     _, _, test_x = load_run(str(out))
     assert torch.equal(test_x, load_split("synthetic", seed=5, split_seed=0).test_x)
+
+
+def test_train_pseudo_inputs_option_sets_the_vamp_prior(tmp_path, capsys):
+    out = tmp_path / "r"
+    assert main(["train", "--data", "synthetic", "--pseudo-inputs", "3", "--latent-dim", "1", "--hidden", "4",
+                 "--epochs", "1", "--out", str(out), "--quiet"]) == 0
+    assert json.loads((out / "config.json").read_text())["model"]["prior"] == ["vamp", {"n_pseudo": 3}]
+    vae, _, _ = load_run(str(out))
+    assert vae.prior.n_pseudo == 3 and vae.prior.pseudo_inputs.shape[0] == 3
 
 
 def test_train_a_mixture_vae_writes_a_run_folder_that_loads_and_evaluates(tmp_path, capsys):

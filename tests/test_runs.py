@@ -246,6 +246,20 @@ def test_train_overrides_hold_only_what_is_given():
     assert train_overrides(model_kind="vae")["model"] == {"kind": "vae"}
 
 
+def test_train_overrides_set_the_pseudo_inputs_of_the_vamp_prior():
+    from pyro_vae.runs import DEFAULT_CONFIG, train_overrides
+
+    assert DEFAULT_CONFIG["model"]["prior"] == "vamp"
+    assert train_overrides(pseudo_inputs=500)["model"] == {"prior": ["vamp", {"n_pseudo": 500}]}
+    assert train_overrides(prior="vamp", pseudo_inputs=7)["model"]["prior"] == ["vamp", {"n_pseudo": 7}]
+    with pytest.raises(ValueError, match="pseudo_inputs is an option of the vamp prior, not of prior='laplace'"):
+        train_overrides(prior="laplace", pseudo_inputs=10)
+    with pytest.raises(ValueError, match="pseudo_inputs must be a positive integer, got 0"):
+        train_overrides(pseudo_inputs=0)
+    with pytest.raises(ValueError, match="^prior is an option of model_kind=vae"):
+        train_overrides(model_kind="mixture_vae", pseudo_inputs=10)
+
+
 def test_train_overrides_of_a_mixture_vae():
     from pyro_vae.runs import train_overrides
 
