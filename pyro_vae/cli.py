@@ -118,8 +118,8 @@ def _train_overrides(args):
         source=args.data, root=args.root, download=args.download, binarize=args.binarize, data_seed=args.data_seed,
         model_kind=args.model, latent_dim=args.latent_dim, hidden=args.hidden, activation=args.activation,
         prior=args.prior, likelihood=args.likelihood, beta=args.beta, guide=args.guide, num_flows=args.num_flows,
-        network=args.network, pseudo_inputs=args.pseudo_inputs, n_components=args.components, baseline=args.baseline, objective=args.objective,
-        num_particles=args.num_particles, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
+        network=args.network, pseudo_inputs=args.pseudo_inputs, n_components=args.components,
+        baseline=args.baseline, objective=args.objective, num_particles=args.num_particles, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
         clip_norm=args.clip_norm, lr_schedule=args.lr_schedule, kl_warmup=args.kl_warmup, patience=args.patience,
         seed=args.seed)
 
