@@ -119,8 +119,8 @@ def _train_overrides(args):
         model_kind=args.model, latent_dim=args.latent_dim, hidden=args.hidden, activation=args.activation,
         prior=args.prior, likelihood=args.likelihood, beta=args.beta, guide=args.guide, num_flows=args.num_flows,
         network=args.network, pseudo_inputs=args.pseudo_inputs, n_components=args.components,
-        baseline=args.baseline, objective=args.objective, num_particles=args.num_particles, epochs=args.epochs, batch_size=args.batch_size, lr=args.lr,
-        clip_norm=args.clip_norm, lr_schedule=args.lr_schedule, kl_warmup=args.kl_warmup, patience=args.patience,
+        baseline=args.baseline, objective=args.objective, num_particles=args.num_particles, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, lr_schedule=args.lr_schedule, kl_warmup=args.kl_warmup, patience=args.patience,
         seed=args.seed)
 
 
