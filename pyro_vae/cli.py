@@ -120,8 +120,8 @@ def _train_overrides(args):
         prior=args.prior, likelihood=args.likelihood, beta=args.beta, guide=args.guide, num_flows=args.num_flows,
         network=args.network, pseudo_inputs=args.pseudo_inputs, n_components=args.components,
         baseline=args.baseline, objective=args.objective, num_particles=args.num_particles, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, lr_schedule=args.lr_schedule, kl_warmup=args.kl_warmup, patience=args.patience,
-        seed=args.seed)
+        batch_size=args.batch_size, lr=args.lr, clip_norm=args.clip_norm, lr_schedule=args.lr_schedule,
+        kl_warmup=args.kl_warmup, patience=args.patience, seed=args.seed)
 
 
 def _cmd_train(args):
