@@ -18,7 +18,6 @@ import copy
 import hashlib
 import json
 import logging
-import math
 import os
 
 import torch
@@ -684,12 +683,12 @@ def fit_mixture_run(out_dir, data, *, chunk_rows=None, n_components=2, covarianc
                              reg_covar=reg_covar, max_iter=max_iter, n_init=n_init, init_params=init_params,
                              random_state=random_state, device=device).fit(x)
         log_likelihood = gm.score_samples(x)      # one pass over the data; BIC and AIC follow from its sum
-        n, total, p = log_likelihood.shape[0], float(log_likelihood.sum()), gm.n_parameters()
+        n, total = log_likelihood.shape[0], float(log_likelihood.sum())
         result = {
             "data": os.fspath(data), "n_samples": n, "n_features": gm.n_features_in_, "n_components": gm.n_components,
             "covariance_type": gm.covariance_type, "log_likelihood": total,
             "log_likelihood_per_sample": total / n, "lower_bound": gm.lower_bound_,
-            "bic": -2.0 * total + p * math.log(n), "aic": -2.0 * total + 2 * p, "n_parameters": p, "n_iter": gm.n_iter_,
+            **gm.information_criteria(total, n), "n_parameters": gm.n_parameters(), "n_iter": gm.n_iter_,
             "converged": gm.converged_, "seed": random_state, "weights": gm.weights_.cpu(),
             "means": gm.means_.cpu(), "covariances": gm.covariances_.cpu(),
         }

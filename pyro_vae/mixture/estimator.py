@@ -618,13 +618,23 @@ class GaussianMixture:
 
     def bic(self, X):
         """Bayesian information criterion ``-2 log L + p log N`` on ``X`` (in memory or in chunks; lower is better)."""
-        total, n = self._log_likelihood(X)
-        return -2.0 * total + self.n_parameters() * math.log(n)
+        return self.information_criteria(*self._log_likelihood(X))["bic"]
 
     def aic(self, X):
         """Akaike information criterion ``-2 log L + 2 p`` on ``X`` (in memory or in chunks; lower is better)."""
-        total, _ = self._log_likelihood(X)
-        return -2.0 * total + 2 * self.n_parameters()
+        return self.information_criteria(*self._log_likelihood(X))["aic"]
+
+    def information_criteria(self, total_log_likelihood, n_samples):
+        """BIC and AIC from a total log-likelihood already computed (e.g. the sum of
+        :meth:`score_samples`), without another pass over the data.
+
+        :param float total_log_likelihood: ``log L``, summed over the samples.
+        :param int n_samples: ``N``, the number of samples summed.
+        :returns: ``{"bic": -2 log L + p log N, "aic": -2 log L + 2 p}`` with ``p`` :meth:`n_parameters`.
+        """
+        p = self.n_parameters()
+        return {"bic": -2.0 * total_log_likelihood + p * math.log(n_samples),
+                "aic": -2.0 * total_log_likelihood + 2 * p}
 
     # ------------------------------------------------------------------ the ELBO view
     def elbo(self, X, resp=None):
