@@ -96,6 +96,15 @@ def test_finite_names_the_kind_and_row():
     x[2, 1] = math.inf
     with pytest.raises(ValueError, match="infinite values"):
         check_finite(x, "data")
+    x[3, 0] = -math.inf                      # the sum is NaN, the values infinite
+    with pytest.raises(ValueError, match="infinite values \\(first in row 2\\)"):
+        check_finite(x, "data")
+
+
+def test_finite_values_whose_sum_overflows_pass():
+    x = torch.full((4, 3), 1e308, dtype=torch.float64)
+    assert not torch.isfinite(x.sum())
+    assert check_finite(x, "data") is x
 
 
 def test_as_data_tensor_converts_and_refuses():

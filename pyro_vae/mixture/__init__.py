@@ -6,6 +6,7 @@
   the centered and gram computations of the E and M steps, collapse detection;
 * :mod:`~pyro_vae.mixture.sources` -- input conversion and the rows EM passes over, in memory or
   in chunks (and over processes);
+* :mod:`~pyro_vae.mixture.parallel` -- the blocks of an EM pass side by side on CPU threads;
 * :mod:`~pyro_vae.mixture.initialization` -- k-means++, Lloyd's k-means and random initializations;
 * :mod:`~pyro_vae.mixture.svi` -- :class:`GaussianMixtureSVI`, the same mixture fitted by SVI
   with an amortized q(z|x) (exact sum over the component, or score function with a baseline).

@@ -386,7 +386,9 @@ def normalize_(wlp, out, dim=1):
     """
     floor = math.sqrt(torch.finfo(wlp.dtype).tiny)
     top = wlp.amax(dim=dim, keepdim=True)
-    torch.exp(wlp.sub_(top), out=out)
+    # exp(log(floor) - 1) is below the floor, so the clamp changes no result; it keeps the
+    # exponential off arguments whose results are subnormal or zero, which take a slow path
+    torch.exp(wlp.sub_(top).clamp_(min=math.log(floor) - 1.0), out=out)
     torch.nn.functional.threshold_(out, floor, 0.0)   # also every subnormal exp(...) -> 0
     total = out.sum(dim=dim, keepdim=True)            # >= 1: the maximum contributes exp(0)
     out.mul_(total.reciprocal())

@@ -35,6 +35,7 @@ from pyro_vae.mixture.gaussian import (
     scatter_kind,
     weighted_log_prob_centered,
 )
+from pyro_vae.mixture.parallel import map_blocks
 
 __all__ = [
     "FEATURE_CACHE_BYTES",
@@ -55,6 +56,8 @@ log = logging.getLogger(__name__)
 
 # the gram features of data in memory are kept up to this many bytes
 FEATURE_CACHE_BYTES = 1 << 28
+# rows per block of the computation of the kept gram features
+_FEATURE_BLOCK_ROWS = 8192
 # data-dependent initializations of data in chunks use this many rows of rank 0
 INIT_ROWS = 100_000
 # the centered M step recomputes the scatter about the new means when a mean moved so far that
@@ -290,7 +293,9 @@ class ChunkSource:
                 total = torch.zeros(2, self.d, dtype=self.dtype, device=self.device)
             n += t.shape[0]
             total[0] += t.sum(0)
-            total[1] += torch.linalg.vector_norm(t, dim=0) ** 2   # a scale: no temporary (n, d) array
+            rows = chunk_rows(self.d)   # squares of a block at a time: no temporary (n, d) array
+            for s in range(0, t.shape[0], rows):
+                total[1] += t[s:s + rows].square().sum(0)
         if self.device is None:
             self.device = torch.device("cpu")
         local_d = self.d
@@ -328,28 +333,25 @@ class ChunkSource:
         return rows
 
     # ------------------------------------------------------------------ statistics
-    def _feature_blocks(self, kind, k):
-        """Gram features of all rows, transposed, block by block: ``(F, r)`` tensors.
-
-        A block holds :func:`~pyro_vae.mixture.gaussian.gram_block_rows` rows.
-        """
+    def _feature_chunks(self, kind):
+        """Per chunk, ``(rows, features)``: ``features(s, e)`` are the gram features of its rows
+        ``s:e``, transposed, ``(F, e - s)`` (a new tensor per call: calls may run concurrently)."""
         n_features = n_gram_features(kind, self.d)
-        rows = gram_block_rows(n_features, k)
-        buffer = None
         for x in self:
-            for s in range(0, x.shape[0], rows):
-                block = x[s:s + rows]
-                if buffer is None or buffer.shape[1] < block.shape[0]:
-                    buffer = torch.empty(n_features, block.shape[0], dtype=x.dtype, device=x.device)
-                f_t = buffer[:, :block.shape[0]]
-                gram_features(block, kind, f_t.T)
-                yield f_t
+            def features(s, e, x=x):
+                out = torch.empty(n_features, e - s, dtype=x.dtype, device=x.device)
+                return gram_features(x[s:e], kind, out.T).T
+            yield x.shape[0], features
 
     def gram_statistics(self, q, kind):
         """The E step and the M step statistics of all rows from their gram features.
 
-        Components run along the rows of the products, ``(K, F) x (F, r)`` and ``(K, r) x (r,
-        F)``: for a few components and many samples the fastest layout for both.
+        The rows of each chunk are taken in blocks of
+        :func:`~pyro_vae.mixture.gaussian.gram_block_rows`, run side by side on the CPU's threads
+        (:func:`~pyro_vae.mixture.parallel.map_blocks`) and summed in block order, so the result
+        does not depend on the number of threads. Components run along the rows of the products,
+        ``(K, F) x (F, r)`` and ``(K, r) x (r, F)``: for a few components and many samples the
+        fastest layout for both.
 
         :param q: :func:`~pyro_vae.mixture.gaussian.gram_log_prob_coefficients`, ``(F, K)``.
         :param str kind: ``"matrix"`` or ``"vector"`` (:func:`~pyro_vae.mixture.gaussian.scatter_kind`).
@@ -357,16 +359,20 @@ class ChunkSource:
         """
         n_features, k = q.shape
         q_t = q.T.contiguous()
+        rows = gram_block_rows(n_features, k)
         out = torch.zeros(1 + k * n_features, dtype=q.dtype, device=q.device)
         total, stats = out[0], out[1:].view(k, n_features)
-        buffer = None
-        for f_t in self._feature_blocks(kind, k):
-            rows = f_t.shape[1]
-            if buffer is None or buffer.numel() < k * rows:
-                buffer = torch.empty(k * rows, dtype=q.dtype, device=q.device)
-            resp = torch.mm(q_t, f_t, out=buffer[:k * rows].view(k, rows))
-            total += normalize_(resp, resp, dim=0).sum()
-            stats.addmm_(resp, f_t.T)
+        for n_rows, features in self._feature_chunks(kind):
+            starts = range(0, n_rows, rows)
+
+            def block(i):
+                f_t = features(starts[i], min(starts[i] + rows, n_rows))
+                resp = torch.mm(q_t, f_t)
+                return normalize_(resp, resp, dim=0).sum(), torch.mm(resp, f_t.T)
+
+            for block_total, block_stats in map_blocks(block, len(starts), q.device):
+                total += block_total
+                stats += block_stats
         distributed.all_reduce_sum(out, "all_reduce of the EM statistics")
         return float(total), stats
 
@@ -453,18 +459,21 @@ class MemorySource(ChunkSource):
     def init_rows(self):
         return self._centered
 
-    def _feature_blocks(self, kind, k):
+    def _feature_chunks(self, kind):
         n_features = n_gram_features(kind, self.d)
         X = self._centered          # this process's rows (self.n counts those of all processes)
         if X.shape[0] * n_features * X.element_size() > FEATURE_CACHE_BYTES:
-            yield from super()._feature_blocks(kind, k)
+            yield from super()._feature_chunks(kind)
             return
         if kind not in self._features:
-            # written through the transpose: contiguous writes down the columns of X^T
+            # computed from X^T, block by block side by side: contiguous reads and writes along
+            # the rows of both
+            x_t = X.T.contiguous()
             phi_t = torch.empty(n_features, X.shape[0], dtype=X.dtype, device=X.device)
-            gram_features(X.T.contiguous().T, kind, phi_t.T)
+            rows = _FEATURE_BLOCK_ROWS
+            map_blocks(lambda i: gram_features(x_t[:, i * rows:(i + 1) * rows].T, kind,
+                                               phi_t[:, i * rows:(i + 1) * rows].T),
+                       -(-X.shape[0] // rows), X.device)
             self._features[kind] = phi_t
         phi_t = self._features[kind]
-        rows = gram_block_rows(n_features, k)
-        for s in range(0, phi_t.shape[1], rows):
-            yield phi_t[:, s:s + rows]
+        yield X.shape[0], lambda s, e: phi_t[:, s:e]
