@@ -241,7 +241,7 @@ def check_finite(x, name):
     """
     # a finite sum proves every value finite (NaN and +-inf propagate) in one cheap pass; the
     # elementwise test runs only when the sum is not finite (a bad value, or an overflow)
-    if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x.sum())):
+    if (x.is_floating_point() or x.is_complex()) and not bool(torch.isfinite(x.detach().sum())):
         finite = torch.isfinite(x)
         if not bool(finite.all()):
             bad = ~finite
