@@ -56,8 +56,6 @@ log = logging.getLogger(__name__)
 
 # the gram features of data in memory are kept up to this many bytes
 FEATURE_CACHE_BYTES = 1 << 28
-# rows per block of the computation of the kept gram features
-_FEATURE_BLOCK_ROWS = 8192
 # data-dependent initializations of data in chunks use this many rows of rank 0
 INIT_ROWS = 100_000
 # the centered M step recomputes the scatter about the new means when a mean moved so far that
@@ -470,7 +468,7 @@ class MemorySource(ChunkSource):
             # the rows of both
             x_t = X.T.contiguous()
             phi_t = torch.empty(n_features, X.shape[0], dtype=X.dtype, device=X.device)
-            rows = _FEATURE_BLOCK_ROWS
+            rows = chunk_rows(n_features)
             map_blocks(lambda i: gram_features(x_t[:, i * rows:(i + 1) * rows].T, kind,
                                                phi_t[:, i * rows:(i + 1) * rows].T),
                        -(-X.shape[0] // rows), X.device)
